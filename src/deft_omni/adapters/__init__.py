@@ -1,0 +1,34 @@
+"""DEFT, PaRa and LoRA adapters for nn.Linear layers (deft_omni's own implementation)."""
+
+from .bases import compute_basis, fix_signs
+from .branches import Branch, DeftBranch, LoraBranch
+from .config import DECOMPOSITIONS, METHODS, AdapterConfig
+from .inject import InjectionReport, inject_adapter, select_targets
+from .layer import AdapterLinear
+from .model_ops import (
+    adapter_branches,
+    adapter_configs,
+    adapter_layers,
+    adapter_parameters,
+    count_parameters,
+    merge_adapters,
+    param_groups,
+    set_active_adapters,
+    set_adapter_scale,
+    unmerge_adapters,
+)
+
+__all__ = [
+    "AdapterConfig", "AdapterLinear", "Branch", "DeftBranch", "LoraBranch", "InjectionReport",
+    "DECOMPOSITIONS", "METHODS", "compute_basis", "fix_signs", "inject_adapter", "select_targets",
+    "adapter_branches", "adapter_configs", "adapter_layers", "adapter_parameters", "count_parameters",
+    "merge_adapters", "unmerge_adapters", "param_groups", "set_active_adapters", "set_adapter_scale",
+]
+
+from .io import AdapterLoadError, load_adapter, read_adapter_config, save_adapter  # noqa: E402
+from .model_ops import delete_adapter  # noqa: E402
+
+__all__ += ["AdapterLoadError", "load_adapter", "read_adapter_config", "save_adapter", "delete_adapter"]
+from .export import export_lora  # noqa: E402
+
+__all__ += ["export_lora"]

@@ -1,0 +1,251 @@
+"""Adapter branches: the trainable part of one adapter over one (possibly fused) weight.
+
+A branch spans the joint output space of its members (one Linear, or a fused group such as
+to_q/to_k/to_v) and exposes its update as a rank-r product  dW = B @ A  (B: out x r, A: r x in):
+
+* DEFT:  B = basis(P),  A = s R - right^T W0
+* PaRa:  B = basis(P),  A = - right^T W0
+* LoRA:  B = lora_B,    A = s lora_A
+
+Parameters are fp32 masters whatever dtype the base is moved to (see `_apply`).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bases import compute_basis
+from .config import AdapterConfig
+from .functional import removal_factor
+
+
+class _Fp32Master(nn.Module):
+    """Keeps parameters fp32 through `model.to(dtype)` / `.half()`; device moves still apply."""
+
+    def _apply(self, fn, recurse=True):
+        def keep_dtype(t: torch.Tensor) -> torch.Tensor:
+            probe = fn(torch.empty(0, dtype=t.dtype, device=t.device))
+            # Upcasts (e.g. .double() for reference checks) apply; downcasts do not.
+            dtype = probe.dtype if probe.dtype == torch.float64 else t.dtype
+            return t.to(device=probe.device, dtype=dtype)
+
+        return super()._apply(keep_dtype, recurse)
+
+
+class Branch(_Fp32Master):
+    """Common state: members (the wrapped base Linear layers, not owned), scaling, merge state."""
+
+    def __init__(self, config: AdapterConfig, members: list[nn.Linear]) -> None:
+        super().__init__()
+        in_features = {m.in_features for m in members}
+        if len(in_features) != 1:
+            raise ValueError(f"fused members must share in_features, got {sorted(in_features)}")
+        self.config = config
+        self.r = config.rank
+        self.in_features = members[0].in_features
+        self.splits = [m.out_features for m in members]
+        self.out_features = sum(self.splits)
+        self.scaling = config.scaling
+        # Not registered: the wrapper modules own the base layers.
+        self._members = list(members)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.merged_scale: Optional[float] = None
+        self._merge_A: Optional[torch.Tensor] = None
+        self._h_cache: Optional[tuple] = None
+        self._eval_cache: Optional[tuple] = None
+
+    # -- geometry ---------------------------------------------------------------------------
+    @property
+    def fused(self) -> bool:
+        return len(self._members) > 1
+
+    def rows(self, idx: int) -> slice:
+        start = sum(self.splits[:idx])
+        return slice(start, start + self.splits[idx])
+
+    def member_weights(self) -> list[torch.Tensor]:
+        return [m.weight for m in self._members]
+
+    # -- the update -------------------------------------------------------------------------
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, A) in fp32 with dW_joint = B @ A; cached while nothing can change them."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return self._factors()
+        key = self._version_key()
+        if self._eval_cache is None or self._eval_cache[0] != key:
+            self._eval_cache = (key, *self._factors())
+        return self._eval_cache[1], self._eval_cache[2]
+
+    def _version_key(self) -> tuple:
+        return tuple((id(t), t._version) for t in [*self.parameters(), *self.member_weights()])
+
+    def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def down(self, x: torch.Tensor, cdt: torch.dtype, ident: Optional[torch.Tensor] = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, B): h = A x (with dropout on the injection input), in dtype `cdt`.
+
+        For fused groups the result is shared by the members' calls on the same input: it is
+        computed by the first call and handed to the others, so one step does the r-sized
+        work once.  The cache is keyed on the input tensor itself (`ident`: the caller's tensor,
+        of which `x` may be a fresh reshaped view), so gradient checkpointing's recomputation (a
+        new input tensor) recomputes it in the same order as the first pass.
+        """
+        if not torch.is_grad_enabled() and not (self.training and self.config.dropout > 0):
+            B, A = self.factors()  # inference: cached until a parameter or weight changes
+            return F.linear(x.to(cdt), A.to(cdt)), B.to(cdt)
+        if not self.fused:
+            return self._down(x, cdt)
+        ident = x if ident is None else ident
+        key = (ident._version, self.training, torch.is_grad_enabled(), cdt,
+               tuple(p._version for p in self.parameters()))
+        cache = self._h_cache
+        if cache is not None and cache[0]() is ident and cache[1] == key:
+            uses = cache[4] + 1
+            self._h_cache = None if uses >= len(self._members) else (*cache[:4], uses)
+            return cache[2], cache[3]
+        h, B = self._down(x, cdt)
+        self._h_cache = (weakref.ref(ident), key, h, B, 1)
+        return h, B
+
+    def _down(self, x: torch.Tensor, cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    # -- merge ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge(self, scale: float = 1.0, factors: Optional[tuple] = None) -> None:
+        """W0_m += scale * B_m A for every member; A is cached so unmerge is exact.
+
+        Pass `factors` computed before any branch on the same weights was merged (the removal
+        term reads W0): `merge_adapters` does this for several adapters at once.
+        """
+        if self.merged_scale is not None:
+            raise RuntimeError("adapter branch is already merged; unmerge first")
+        B, A = self._factors() if factors is None else factors
+        self._apply_delta(B, A, scale)
+        self._merge_A, self.merged_scale = A.detach(), float(scale)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged_scale is None:
+            return
+        B, _ = self._basis_only()
+        self._apply_delta(B, self._merge_A, -self.merged_scale)
+        self._merge_A, self.merged_scale = None, None
+
+    def _apply_delta(self, B: torch.Tensor, A: torch.Tensor, scale: float) -> None:
+        for i, W in enumerate(self.member_weights()):
+            # One member's out_m x in delta at a time: the merged weight has that size anyway.
+            delta = (B[self.rows(i)] @ A).mul_(scale)
+            W.copy_((W.to(delta.dtype) + delta).to(W.dtype))
+
+    def _basis_only(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        raise NotImplementedError
+
+
+class DeftBranch(Branch):
+    """DEFT (method 'deft') or PaRa (method 'para', no R) over one weight or a fused group."""
+
+    def __init__(self, config: AdapterConfig, members: list[nn.Linear]) -> None:
+        super().__init__(config, members)
+        if self.r > self.out_features:
+            raise ValueError(
+                f"rank {self.r} exceeds the output size {self.out_features} (weight {self.out_features}x"
+                f"{self.in_features}): DEFT's projection has rank <= out_features. Lower adapter.rank or "
+                f"exclude this module."
+            )
+        dev = members[0].weight.device
+        self.P = nn.Parameter(torch.empty(self.out_features, self.r, device=dev, dtype=torch.float32))
+        if config.has_r:
+            self.R = nn.Parameter(torch.empty(self.r, self.in_features, device=dev, dtype=torch.float32))
+        else:
+            self.R = None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        # Never zero: at P = 0 relu-type bases have zero gradient and QR/SVD backward divide by 0.
+        nn.init.normal_(self.P, mean=0.0, std=0.02)
+        if self.R is None or self.P.is_meta:
+            return
+        if self.config.init_identity:
+            if any(w.is_meta for w in self.member_weights()):
+                return  # values arrive with load_state_dict / load_adapter
+            self.R.copy_(self.removal() / self.scaling)
+        else:
+            nn.init.normal_(self.R, mean=0.0, std=0.02 * self.config.init_scale)
+
+    def basis(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return compute_basis(self.P, self.config.decomposition, self.config.nmf_iters)
+
+    def removal(self, right: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """right^T W0_joint = sum_m right_m^T W0_m (r x in, fp32)."""
+        if right is None:
+            right = self.basis()[1]
+        M = None
+        for i, W in enumerate(self.member_weights()):
+            part = removal_factor(right[self.rows(i)], W)
+            M = part if M is None else M + part
+        return M
+
+    def _factors(self):
+        B, right = self.basis()
+        M = self.removal(right)
+        A = -M if self.R is None else self.R * self.scaling - M
+        return B, A
+
+    def _basis_only(self):
+        return self.basis()[0], None
+
+    def _down(self, x, cdt):
+        B, right = self.basis()
+        M = self.removal(right)
+        xc = x.to(cdt)
+        if self.R is None:
+            h = F.linear(xc, (-M).to(cdt))
+        elif isinstance(self.dropout, nn.Identity) or not self.training:
+            # s R - M formed in fp32 before any cast: at identity init it is exactly 0.
+            h = F.linear(xc, (self.R * self.scaling - M).to(cdt))
+        else:
+            h = F.linear(self.dropout(xc), (self.R * self.scaling).to(cdt)) - F.linear(xc, M.to(cdt))
+        return h, B.to(cdt)
+
+
+class LoraBranch(Branch):
+    """LoRA as peft: lora_A kaiming-uniform, lora_B zero; a fused group shares one A."""
+
+    def __init__(self, config: AdapterConfig, members: list[nn.Linear]) -> None:
+        super().__init__(config, members)
+        dev = members[0].weight.device
+        self.lora_A = nn.Parameter(torch.empty(self.r, self.in_features, device=dev, dtype=torch.float32))
+        self.lora_B = nn.Parameter(torch.empty(self.out_features, self.r, device=dev, dtype=torch.float32))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        if self.lora_A.is_meta:
+            return
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+
+    def _factors(self):
+        return self.lora_B, self.lora_A * self.scaling
+
+    def _basis_only(self):
+        return self.lora_B, None
+
+    def _down(self, x, cdt):
+        h = F.linear(self.dropout(x.to(cdt)), (self.lora_A * self.scaling).to(cdt))
+        return h, self.lora_B.to(cdt)
+
+
+def make_branch(config: AdapterConfig, members: list[nn.Linear]) -> Branch:
+    cls = LoraBranch if config.method == "lora" else DeftBranch
+    return cls(config, members)

@@ -61,7 +61,8 @@ class AdapterLinear(nn.Module):
         branch, _ = self.branch_refs.pop(name)
         if branch.merged_scale is not None:
             raise RuntimeError(f"adapter {name!r} is merged; unmerge it before deleting")
-        self.owned.pop(name, None)
+        if name in self.owned:
+            del self.owned[name]
         self.scales.pop(name)
         if name in self.active:
             self.active.remove(name)

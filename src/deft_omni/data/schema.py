@@ -1,0 +1,447 @@
+"""The shard sample schema: the one definition shared by the converters and the loader.
+
+A shard is a webdataset tar.  One sample is a group of tar members sharing a key:
+
+``<key>.json``
+    UTF-8 JSON object: ``instruction`` (str; input images are referenced as
+    ``<img><|image_k|></img>`` for k = 1..n, in that order, each once), ``task`` (str),
+    ``meta`` (object, free-form), optional ``camera`` (object of floats) and optional
+    ``prior`` (bool, DreamBooth class-prior sample).
+``<key>.output.<ext>``
+    The target image, ``ext`` in png / jpg / jpeg / webp.
+``<key>.input_<k>.<ext>``
+    Input image k (1-based, matching ``<|image_k|>``).
+
+webdataset splits a member name at the *first* dot of its base name, so keys must not
+contain dots (the extensions may).  Beside the shards lies ``manifest.json`` (see
+:func:`write_manifest`), which records sample counts so that loaders can size epochs
+without opening tars.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+OUTPUT_FIELD = "output"
+INPUT_FIELD_RE = re.compile(r"^input_(\d+)\.([a-z0-9]+)$")
+IMAGE_TAG_RE = re.compile(r"<\|image_(\d+)\|>")
+KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+(?:/[A-Za-z0-9_\-]+)*$")
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "deft_omni.shards"
+MANIFEST_VERSION = 1
+# PIL format names, by file extension, for encoding.
+_PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+class SampleError(ValueError):
+    """A sample that cannot be used; names the key, the shard, the field and the fix."""
+
+    def __init__(self, message: str, *, key: str | None = None, url: str | None = None,
+                 field: str | None = None, fix: str | None = None):
+        self.key, self.url, self.field, self.fix = key, url, field, fix
+        self.reason = message
+        where = f"sample {key!r}" if key is not None else "sample"
+        if url:
+            where += f" in shard {url!r}"
+        if field:
+            where += f", field {field!r}"
+        text = f"{where}: {message}"
+        if fix:
+            text += f" (fix: {fix})"
+        super().__init__(text)
+
+
+class ManifestError(ValueError):
+    """A missing, unreadable or inconsistent manifest.json."""
+
+
+# --------------------------------------------------------------------------- tags
+
+
+def check_image_tags(instruction: str, n_images: int, *, key: str | None = None,
+                     url: str | None = None) -> list[int]:
+    """Validate the ``<|image_k|>`` tags against the number of input images.
+
+    Tags must read 1, 2, ..., n in order of appearance, each once, with n equal to the
+    number of input images.  Returns the tag numbers in order.  Raises SampleError.
+    """
+    tags = [int(m) for m in IMAGE_TAG_RE.findall(instruction)]
+    if tags != list(range(1, len(tags) + 1)):
+        raise SampleError(
+            f"image tags {['<|image_%d|>' % t for t in tags]} are not numbered 1..n in order",
+            key=key, url=url, field="json.instruction",
+            fix="reference input image k as <img><|image_k|></img>, k = 1, 2, ... in order, each once")
+    if len(tags) != n_images:
+        raise SampleError(
+            f"instruction has {len(tags)} image tag(s) but the sample has {n_images} input image(s)",
+            key=key, url=url, field="json.instruction",
+            fix="write one <img><|image_k|></img> per input_<k> image, or add/remove input images")
+    return tags
+
+
+# ------------------------------------------------------------------------ writing
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited on white (transparent pixels hold junk colours)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _encode_image(image: Any, image_format: str, key: str, name: str) -> bytes:
+    if isinstance(image, (bytes, bytearray)):
+        data = bytes(image)
+        try:  # Cheap header check: refuse mislabelled bytes here rather than at train time.
+            with Image.open(io.BytesIO(data)) as img:
+                actual = (img.format or "").upper()
+        except Exception as exn:  # noqa: BLE001 - any decoder failure means unusable bytes
+            raise SampleError(f"bytes are not a readable image ({exn})", key=key, field=name) from exn
+        if actual != _PIL_FORMATS[image_format]:
+            raise SampleError(f"bytes are {actual or 'unknown'} but image_format is {image_format!r}",
+                              key=key, field=name, fix="pass matching image_format or a PIL image")
+        return data
+    if isinstance(image, Image.Image):
+        img = image
+        # Keep alpha where the format holds it: the processor composites it on white,
+        # which a plain convert("RGB") here would not (transparent pixels keep junk colours).
+        if image_format in ("jpg", "jpeg"):
+            img = to_rgb(img)
+        elif img.mode not in ("RGB", "RGBA", "L", "LA"):
+            img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
+        buf = io.BytesIO()
+        kwargs = {"quality": 95} if image_format in ("jpg", "jpeg", "webp") else {}
+        img.save(buf, format=_PIL_FORMATS[image_format], **kwargs)
+        return buf.getvalue()
+    raise SampleError(f"expected a PIL image or encoded bytes, got {type(image).__name__}",
+                      key=key, field=name)
+
+
+def make_sample(key: str, instruction: str, output_image: Any, input_images: Sequence[Any] = (),
+                task: str = "text_to_image", meta: Mapping[str, Any] | None = None,
+                camera: Mapping[str, float] | None = None, image_format: str = "png",
+                prior: bool = False) -> dict[str, Any]:
+    """Build one sample dict for ``wds.ShardWriter.write`` (or :class:`ShardSetWriter`).
+
+    Images are PIL images or already encoded bytes in ``image_format``.  Everything the
+    loader would reject is rejected here, at conversion time.
+    """
+    if not isinstance(key, str) or not KEY_RE.match(key):
+        raise SampleError("keys may hold only letters, digits, '_', '-' and inner '/' (no dots)",
+                          key=key, field="__key__",
+                          fix="webdataset splits member names at the first dot; replace dots with '_'")
+    image_format = image_format.lower()
+    if image_format not in _PIL_FORMATS:
+        raise SampleError(f"image_format {image_format!r} not in {IMAGE_EXTS}", key=key)
+    if not isinstance(instruction, str):
+        raise SampleError("instruction must be a string", key=key, field="json.instruction")
+    check_image_tags(instruction, len(input_images), key=key)
+    payload: dict[str, Any] = {"instruction": instruction, "task": str(task),
+                               "meta": dict(meta or {})}
+    if camera is not None:
+        payload["camera"] = _check_camera(camera, key, None)
+    if prior:
+        payload["prior"] = True
+    try:
+        blob = json.dumps(payload, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    except TypeError as exn:
+        raise SampleError(f"meta is not JSON-serialisable ({exn})", key=key, field="json.meta") from exn
+    sample = {"__key__": key, "json": blob,
+              f"{OUTPUT_FIELD}.{image_format}": _encode_image(output_image, image_format, key, "output")}
+    for k, img in enumerate(input_images, start=1):
+        sample[f"input_{k}.{image_format}"] = _encode_image(img, image_format, key, f"input_{k}")
+    return sample
+
+
+def _check_camera(camera: Any, key: str | None, url: str | None) -> dict[str, float]:
+    if not isinstance(camera, Mapping):
+        raise SampleError("camera must be an object of floats", key=key, url=url, field="json.camera")
+    try:
+        return {str(k): float(v) for k, v in camera.items()}
+    except (TypeError, ValueError) as exn:
+        raise SampleError(f"camera values must be numbers ({exn})", key=key, url=url,
+                          field="json.camera") from exn
+
+
+# ------------------------------------------------------------------------ reading
+
+
+@dataclass
+class Sample:
+    """One parsed shard sample (images decoded with PIL, not yet resized)."""
+
+    key: str
+    instruction: str
+    task: str
+    output: Image.Image
+    inputs: list[Image.Image] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    camera: dict[str, float] | None = None
+    is_prior: bool = False
+    url: str | None = None
+
+
+def _decode_image(value: Any, key: str, url: str | None, name: str) -> Image.Image:
+    if isinstance(value, Image.Image):
+        return value
+    if not isinstance(value, (bytes, bytearray)):
+        raise SampleError(f"expected image bytes, got {type(value).__name__}", key=key, url=url, field=name)
+    try:
+        img = Image.open(io.BytesIO(value))
+        img.load()  # Force the full decode now so truncated files fail here, with a name.
+    except Exception as exn:  # noqa: BLE001 - PIL raises many unrelated types
+        raise SampleError(f"cannot decode image ({exn})", key=key, url=url, field=name,
+                          fix="re-encode the image or drop the sample in the converter") from exn
+    return img
+
+
+def parse_sample(raw: Mapping[str, Any]) -> Sample:
+    """Validate one raw webdataset sample (bytes or decoded values) into a :class:`Sample`."""
+    key = raw.get("__key__")
+    url = raw.get("__url__")
+    if not key:
+        raise SampleError("no __key__", url=url, field="__key__")
+    meta_raw = raw.get("json")
+    if meta_raw is None:
+        raise SampleError("no json member", key=key, url=url, field="json",
+                          fix="write samples with deft_omni.data.schema.make_sample")
+    if isinstance(meta_raw, (bytes, bytearray, str)):
+        try:
+            meta_raw = json.loads(meta_raw)
+        except ValueError as exn:
+            raise SampleError(f"json is not valid JSON ({exn})", key=key, url=url, field="json") from exn
+    if not isinstance(meta_raw, Mapping):
+        raise SampleError("json must be an object", key=key, url=url, field="json")
+    instruction, task = meta_raw.get("instruction"), meta_raw.get("task")
+    if not isinstance(instruction, str):
+        raise SampleError("missing or non-string instruction", key=key, url=url, field="json.instruction")
+    if not isinstance(task, str):
+        raise SampleError("missing or non-string task", key=key, url=url, field="json.task")
+    meta = meta_raw.get("meta", {})
+    if not isinstance(meta, Mapping):
+        raise SampleError("meta must be an object", key=key, url=url, field="json.meta")
+    camera = meta_raw.get("camera")
+    if camera is not None:
+        camera = _check_camera(camera, key, url)
+
+    outputs = [name for name in raw if name.split(".", 1)[0] == OUTPUT_FIELD]
+    outputs = [name for name in outputs if name.split(".", 1)[-1] in IMAGE_EXTS]
+    if len(outputs) != 1:
+        raise SampleError(f"expected exactly one output.<{'|'.join(IMAGE_EXTS)}>, found {outputs}",
+                          key=key, url=url, field="output",
+                          fix="every sample needs one target image stored as output.<ext>")
+    inputs: dict[int, str] = {}
+    for name in raw:
+        m = INPUT_FIELD_RE.match(name)
+        if not m or m.group(2) not in IMAGE_EXTS:
+            continue
+        k = int(m.group(1))
+        if k in inputs:
+            raise SampleError(f"input image {k} stored twice ({inputs[k]}, {name})",
+                              key=key, url=url, field=name)
+        inputs[k] = name
+    if sorted(inputs) != list(range(1, len(inputs) + 1)):
+        raise SampleError(f"input images {sorted(inputs)} are not numbered 1..n",
+                          key=key, url=url, field="input_<k>",
+                          fix="store input images as input_1.<ext>, input_2.<ext>, ...")
+    check_image_tags(instruction, len(inputs), key=key, url=url)
+    return Sample(
+        key=key, instruction=instruction, task=task,
+        output=_decode_image(raw[outputs[0]], key, url, outputs[0]),
+        inputs=[_decode_image(raw[inputs[k]], key, url, inputs[k]) for k in sorted(inputs)],
+        meta=dict(meta), camera=camera, is_prior=bool(meta_raw.get("prior", False)), url=url)
+
+
+# ----------------------------------------------------------------------- manifest
+
+
+def _atomic_write_json(path: str, obj: Any) -> None:
+    """Write JSON so that readers see the old file or the complete new one, never a part."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_manifest(directory: str, shards: Iterable[tuple[str, int]] | Iterable[Mapping[str, Any]],
+                   *, source: str, options: Mapping[str, Any] | None = None,
+                   skipped: Iterable[Mapping[str, Any]] = ()) -> str:
+    """Write ``<directory>/manifest.json`` atomically (temp file + os.replace).
+
+    ``shards``: (file name relative to the directory, sample count) pairs or
+    ``{"file", "samples"}`` dicts; ``skipped``: ``{"key" or "file", "reason"}`` records of
+    what the converter dropped.  Returns the manifest path.
+    """
+    entries = []
+    for item in shards:
+        name, count = (item["file"], item["samples"]) if isinstance(item, Mapping) else item
+        if os.path.isabs(name) or os.sep in os.path.normpath(name):
+            raise ManifestError(f"shard names must be file names relative to {directory}: {name!r}")
+        entries.append({"file": str(name), "samples": int(count)})
+    skipped_list = [dict(s) for s in skipped]
+    for rec in skipped_list:
+        if "reason" not in rec or not ({"key", "file"} & rec.keys()):
+            raise ManifestError(f"skipped records need 'key' or 'file' and 'reason': {rec}")
+    manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "shards": entries,
+                "total": sum(e["samples"] for e in entries), "source": str(source),
+                "options": dict(options or {}), "skipped": skipped_list}
+    path = os.path.join(directory, MANIFEST_NAME)
+    _atomic_write_json(path, manifest)
+    return path
+
+
+def read_manifest(directory: str) -> dict[str, Any]:
+    """Read and check ``<directory>/manifest.json``; raises ManifestError / FileNotFoundError."""
+    path = os.path.join(directory, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"no {MANIFEST_NAME} in {directory!r}: shard directories are written by the converters "
+            "(data_prep) or deft_omni.data.ShardSetWriter, which put the manifest beside the shards")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except ValueError as exn:
+        raise ManifestError(f"{path} is not valid JSON ({exn}); re-run the converter") from exn
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ManifestError(f"{path} is not a deft_omni shard manifest (format != {MANIFEST_FORMAT!r})")
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise ManifestError(f"{path} has version {manifest.get('version')!r}; this code reads "
+                            f"version {MANIFEST_VERSION}: re-run the converter")
+    for name in ("shards", "total", "source", "options", "skipped"):
+        if name not in manifest:
+            raise ManifestError(f"{path} lacks the field {name!r}; re-run the converter")
+    shards = manifest["shards"]
+    if not all(isinstance(s, dict) and isinstance(s.get("file"), str)
+               and isinstance(s.get("samples"), int) for s in shards):
+        raise ManifestError(f"{path}: every shard entry needs 'file' (str) and 'samples' (int)")
+    if sum(s["samples"] for s in shards) != manifest["total"]:
+        raise ManifestError(f"{path}: total {manifest['total']} != sum of shard counts")
+    return manifest
+
+
+class ShardSetWriter:
+    """Write a shard directory through ``wds.ShardWriter`` and finish it with a manifest.
+
+    ``with ShardSetWriter(out_dir, source="insdet", maxcount=500) as w: w.write(make_sample(...))``;
+    ``w.skip(key, reason)`` records a dropped input.  The manifest is written on a clean
+    exit only, so a crashed conversion leaves no manifest and cannot be mistaken for a
+    complete one.
+    """
+
+    def __init__(self, directory: str, *, source: str, prefix: str = "shard", maxcount: int = 1000,
+                 maxsize: float = 1e9, options: Mapping[str, Any] | None = None):
+        import webdataset as wds  # Local: schema.py stays importable for readers of manifests only.
+
+        os.makedirs(directory, exist_ok=True)
+        self.directory, self.source, self.options = directory, source, dict(options or {})
+        self.counts: dict[str, int] = {}
+        self.skipped: list[dict[str, Any]] = []
+        self._closed = False
+        # mtime=0 makes identical inputs give byte-identical tars (idempotent converters).
+        self._writer = wds.ShardWriter(os.path.join(directory, f"{prefix}-%06d.tar"),
+                                       maxcount=maxcount, maxsize=maxsize, verbose=0, mtime=0)
+
+    def write(self, sample: Mapping[str, Any]) -> None:
+        self._writer.write(dict(sample))
+        name = os.path.basename(self._writer.fname)
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def skip(self, key: str, reason: str) -> None:
+        self.skipped.append({"key": key, "reason": reason})
+
+    def close(self, write_manifest_file: bool = True) -> str | None:
+        if self._closed:
+            return None
+        self._closed = True
+        last = self._writer.fname
+        self._writer.close()
+        # ShardWriter opens its first tar eagerly: with no sample written it is an empty,
+        # useless shard.  Only the last opened file can be empty (new ones open on write).
+        if last is not None and os.path.basename(last) not in self.counts and os.path.exists(last):
+            os.unlink(last)
+        if not write_manifest_file:
+            return None
+        return write_manifest(self.directory, sorted(self.counts.items()), source=self.source,
+                              options=self.options, skipped=self.skipped)
+
+    def __enter__(self) -> ShardSetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(write_manifest_file=exc_type is None)
+
+
+# ----------------------------------------------------------------------- shard set
+
+
+@dataclass
+class ShardSet:
+    """Shard urls with their sample counts (None when unknown), resolved from a manifest."""
+
+    urls: list[str]
+    counts: list[int | None]
+    root: str | None = None
+    manifest: dict[str, Any] | None = None
+
+    @property
+    def total(self) -> int | None:
+        return None if any(c is None for c in self.counts) else sum(self.counts)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    @classmethod
+    def resolve(cls, spec: str | os.PathLike | ShardSet | Sequence[str]) -> ShardSet:
+        """A directory (with manifest.json), a brace pattern (``dir/shard-{000000..000003}.tar``),
+        a single tar, or a list of urls.  Counts come from the manifest beside the files."""
+        if isinstance(spec, ShardSet):
+            return spec
+        if not isinstance(spec, (str, os.PathLike)):
+            urls = [str(u) for u in spec]
+            return cls(urls=urls, counts=[None] * len(urls))
+        spec = os.fspath(spec)
+        if os.path.isdir(spec):
+            manifest = read_manifest(spec)
+            urls = [os.path.join(spec, s["file"]) for s in manifest["shards"]]
+            missing = [u for u in urls if not os.path.exists(u)]
+            if missing:
+                raise ManifestError(f"{os.path.join(spec, MANIFEST_NAME)} lists missing shards "
+                                    f"{missing[:3]}{'...' if len(missing) > 3 else ''}; re-run the converter")
+            if not urls:
+                raise ManifestError(f"{os.path.join(spec, MANIFEST_NAME)} lists no shards")
+            return cls(urls=urls, counts=[s["samples"] for s in manifest["shards"]], root=spec,
+                       manifest=manifest)
+        from webdataset.shardlists import expand_urls
+
+        urls = list(expand_urls(spec))
+        root = os.path.dirname(urls[0]) if urls else None
+        by_name: dict[str, int] = {}
+        manifest = None
+        if root is not None and os.path.isfile(os.path.join(root, MANIFEST_NAME)):
+            manifest = read_manifest(root)
+            by_name = {s["file"]: s["samples"] for s in manifest["shards"]}
+        return cls(urls=urls, counts=[by_name.get(os.path.basename(u)) for u in urls], root=root,
+                   manifest=manifest)

@@ -1,0 +1,73 @@
+"""Helpers shared by the data tests (a uniquely named module: several test folders have a
+conftest.py, so ``import conftest`` would be ambiguous)."""
+
+from __future__ import annotations
+
+import os
+
+from PIL import Image
+
+from deft_omni.data import ShardSetWriter, make_sample
+
+SPECIALS = ["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|end|>", "<|diffusion|>"]
+CORPUS = [
+    "Generate an image according to the following instructions",
+    "a red circle on a blue background",
+    "a green square on a white background",
+    "the same shape in yellow",
+    "<img> </img> a photo of sks dog <cfg>",
+]
+
+
+def build_tiny_tokenizer():
+    """Byte-level BPE (vocab 300) with Phi-3-like specials and a BOS-prepending post-processor."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+def solid(size_hw, colour=(200, 30, 30)):
+    return Image.new("RGB", (size_hw[1], size_hw[0]), colour)
+
+
+def write_shards(directory, n_shards, per_shard, *, prefix="s", sizes=((32, 32),), bad=None,
+                 with_inputs=False):
+    """n_shards x per_shard samples keyed ``<prefix>_<shard>_<i>``; sizes cycle per sample.
+
+    ``bad``: {index_in_shard: kind} replaces those samples in every shard with a broken one
+    ("png": undecodable output, "tags": tag/image mismatch).  Returns the directory.
+    """
+    os.makedirs(directory, exist_ok=True)
+    with ShardSetWriter(directory, source="test", prefix=prefix, maxcount=per_shard) as writer:
+        n = 0
+        for shard in range(n_shards):
+            for i in range(per_shard):
+                key = f"{prefix}_{shard}_{i}"
+                size = sizes[n % len(sizes)]
+                n += 1
+                kind = (bad or {}).get(i)
+                if kind == "png":
+                    sample = make_sample(key, "a red circle", solid(size))
+                    sample["output.png"] = b"definitely not a png"
+                elif kind == "tags":
+                    sample = make_sample(key, "a red circle", solid(size))
+                    sample["json"] = b'{"instruction": "<img><|image_1|></img> x", "task": "t", "meta": {}}'
+                elif with_inputs and i % 2:
+                    sample = make_sample(key, "<img><|image_1|></img> the same shape in green", solid(size),
+                                         [solid((32, 32), (0, 0, 200))], task="image_edit",
+                                         meta={"size": list(size)})
+                else:
+                    sample = make_sample(key, "a red circle on a blue background", solid(size),
+                                         meta={"size": list(size)})
+                writer.write(sample)
+    return str(directory)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from _data_helpers import build_tiny_tokenizer
+from ._data_helpers import build_tiny_tokenizer
 
 from deft_omni.data import OmniGenTrainProcessor
 

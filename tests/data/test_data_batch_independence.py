@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _data_helpers import solid
+from ._data_helpers import solid
 
 from deft_omni.data import OmniGenTrainProcessor, Sample
 

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from _data_helpers import write_shards
+from ._data_helpers import write_shards
 
 from deft_omni.data import SampleError, build_train_loader, build_val_loader
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _data_helpers import solid
+from ._data_helpers import solid
 from PIL import Image
 
 from deft_omni.data import (

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import webdataset as wds
-from _data_helpers import solid, write_shards
+from ._data_helpers import solid, write_shards
 from PIL import Image
 
 from deft_omni.data import (

@@ -5,11 +5,9 @@ Two associations of the same update  y = W0 x + B (s R x_d - right^T W0 x):
 * factored:   A = s R - right^T W0 (r x in, once per step), y = W0 x + B (A x).  Extra cost over
   LoRA: r*out*in in forward and the same in backward (grad of right) -- independent of T.
 * activation: u = (W0 x) right  (reuses the base output), y = W0 x + B (s R x_d - u).  Extra cost:
-  T*out*r forward and T*out*r backward plus one r*out*in; cheaper when T < in / 2.
+  T*out*r forward and 2*T*out*r backward; cheaper when T < 2*in/3 (see `AdapterLinear`).
 
-`DeftActivationFn` implements the activation association without keeping the base output
-alive for backward (autograd would save the T x out product for grad(right); we use
-grad(right) = -W0 (x^T gB) instead, which shares x^T gB with grad(R)).
+`DeftActivationFn` implements the activation association with a hand-written backward.
 """
 
 from __future__ import annotations
@@ -74,6 +72,9 @@ class DeftActivationFn(torch.autograd.Function):
     """y = base + (x_d Rs^T - (base - bias) right) B^T for 2-D x, base (N x out), full precision.
 
     `base` is the base layer's output (with bias); `x_d` is dropout(x) or None (then x).
+    Used when N < in/2: then keeping `base` for grad(right) = -(base - bias)^T gB costs less
+    time (N*out*r) than recomputing it from W0 (out*in*r), for N x out memory -- what peft
+    keeps too.  Fewer passes over N x out tensors than autograd on the same expression.
     """
 
     @staticmethod
@@ -85,19 +86,22 @@ class DeftActivationFn(torch.autograd.Function):
         h = torch.addmm(u, xd, Rs.transpose(0, 1), beta=-1.0)  # x_d Rs^T - u
         y = torch.addmm(base, h, B.transpose(0, 1))
         ctx.same_x = x_d is None
-        ctx.save_for_backward(x, x_d if x_d is not None else x, W, B, right, Rs, h)
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x_d if x_d is not None else x, base, bias, B, right, Rs, h)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        x, xd, W, B, right, Rs, h = ctx.saved_tensors
+        xd, base, bias, B, right, Rs, h = ctx.saved_tensors
         gB = g @ B                                   # N x r
         grad_B = g.transpose(0, 1) @ h               # out x r
         grad_Rs = gB.transpose(0, 1) @ xd            # r x in
-        xgB = grad_Rs if ctx.same_x else gB.transpose(0, 1) @ x
-        grad_right = weight_times(W, xgB.transpose(0, 1)).neg_()
+        grad_right = base.transpose(0, 1) @ gB       # out x r, then the sign and the bias
+        if ctx.has_bias:
+            grad_right.sub_(bias.to(gB.dtype)[:, None] * gB.sum(dim=0)[None, :])
+        grad_right.neg_()
         # The removal term reaches x through the base output: fold it into grad(base).
-        grad_base = torch.addmm(g, gB, right.transpose(0, 1), beta=1.0, alpha=-1.0)
+        grad_base = torch.addmm(g, gB, right.transpose(0, 1), alpha=-1.0)
         grad_inject = gB @ Rs
         if ctx.same_x:
             grad_x, grad_xd = grad_inject, None

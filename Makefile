@@ -9,9 +9,9 @@ install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_SPEC)"
 	$(PYTHON) -m pip install -q -e ".[dev]"
 
-# The main job (until the training stack lands: the quick adapter benchmark).
+# The main job: the embedded demo (tiny OmniGen, DEFT, synthetic data, CPU, ~1 min).
 run: install
-	$(PYTHON) benchmarks/adapters.py
+	$(PYTHON) -m deft_omni.train
 
 test: install
 	$(PYTHON) -m pytest -q tests

@@ -1,0 +1,25 @@
+"""Image generation with a (possibly adapted) OmniGen: a minimal Euler sampler and grid helpers."""
+
+from .sampler import (
+    SamplePrompt,
+    build_guidance_batch,
+    decode_latents,
+    euler_timesteps,
+    generate_image,
+    generate_latents,
+    load_input_image,
+    make_grid,
+    tensor_to_pil,
+)
+
+__all__ = [
+    "SamplePrompt",
+    "build_guidance_batch",
+    "decode_latents",
+    "euler_timesteps",
+    "generate_image",
+    "generate_latents",
+    "load_input_image",
+    "make_grid",
+    "tensor_to_pil",
+]

@@ -1,0 +1,179 @@
+"""A minimal OmniGen sampler (Euler, t from 0 = noise to 1 = data) and image-grid helpers.
+
+Used by the training callbacks to render progress samples; no diffusers pipeline (its processor
+imports torchvision) and no torchvision.  It follows OmniGen's inference (NOTES §2):
+
+* timesteps t_i = i / n, i = 0..n; x_{i+1} = x_i + (t_{i+1} - t_i) * v(x_i, t_i)  — the same grid
+  as diffusers' ``FlowMatchEulerDiscreteScheduler(invert_sigmas=True)`` with
+  ``sigmas = linspace(1, 0, n + 1)[:n]``;
+* guidance with the batch [cond, uncond, image-only cond]:
+  ``v = uncond + g_img (img - uncond) + g (cond - img)``; without input images [cond, uncond]
+  and ``v = uncond + g (cond - uncond)``;
+* the unconditional prompt defaults to ``<cfg>``, the instruction that condition dropout trains
+  (OmniGen's own pipeline passes a long negative prompt instead; pass it as ``negative_prompt``);
+* input images are encoded with the VAE posterior mean (deterministic; the pipeline samples).
+
+The three prompts go through :func:`deft_omni.data.collate_processed`, which puts the longest
+text first (RoPE reads row 0's positions); rows are mapped back with the batch's ``order``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+
+from ..data import CFG_INSTRUCTION, OmniGenTrainProcessor, ProcessedSample, collate_processed
+from ..training.loss import LatentEncoder, base_dtype, unscale_latents
+
+ImageLike = Union[str, Path, Image.Image, torch.Tensor]
+
+
+@dataclass
+class SamplePrompt:
+    """One prompt to render: an instruction with ``<img><|image_k|></img>`` tags per input image."""
+
+    instruction: str
+    input_images: list[Any] = field(default_factory=list)  # paths, PIL images or (3,H,W) tensors in [-1, 1]
+    height: int = 32
+    width: int = 32
+    seed: int = 0
+    guidance_scale: float = 2.5
+    img_guidance_scale: float = 1.6
+
+
+def euler_timesteps(num_steps: int) -> torch.Tensor:
+    """t_0 = 0 (noise) ... t_n = 1 (data), n + 1 points."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    return torch.linspace(0.0, 1.0, num_steps + 1, dtype=torch.float64).float()
+
+
+def load_input_image(img: ImageLike, processor: OmniGenTrainProcessor, name: str = "input") -> torch.Tensor:
+    """An input image as a (3, H, W) tensor in [-1, 1], sides multiples of 16 (processor's fitting)."""
+    if isinstance(img, torch.Tensor):
+        t = img.detach().float().cpu()
+        t = t[0] if t.dim() == 4 else t
+        if t.shape[-1] % 16 or t.shape[-2] % 16:
+            raise ValueError(f"{name}: tensor image sides must be multiples of 16, got {tuple(t.shape)}")
+        return t
+    if isinstance(img, (str, Path)):
+        with Image.open(img) as fh:
+            img = fh.convert("RGB")
+    return processor.prepare_image(img, name=name)
+
+
+def build_guidance_batch(processor: OmniGenTrainProcessor, instruction: str, images: Sequence[torch.Tensor],
+                         height: int, width: int, negative_prompt: str = CFG_INSTRUCTION,
+                         use_img_cfg: bool = True) -> tuple[dict[str, Any], int]:
+    """Collated [cond, uncond(, image-only cond)] batch; returns (batch, number of branches)."""
+    blank = torch.zeros(3, height, width)
+    sizes = [tuple(int(s) for s in im.shape[-2:]) for im in images]
+    specs: list[tuple[str, str, list[torch.Tensor]]] = [("cond", instruction, list(images)),
+                                                       ("uncond", negative_prompt, [])]
+    if images and use_img_cfg:
+        tags = " ".join(f"<img><|image_{i + 1}|></img>" for i in range(len(images)))
+        specs.append(("img_cond", tags, list(images)))
+    items = []
+    for key, text, imgs in specs:
+        ids, spans = processor.tokenize(text, sizes[:len(imgs)] if imgs else [], key=key)
+        items.append(ProcessedSample(key=key, input_ids=ids, image_spans=spans, input_images=imgs,
+                                     output_image=blank))
+    return collate_processed(items, pad_id=processor.pad_id, mask_dtype=processor.mask_dtype), len(items)
+
+
+@torch.no_grad()
+def generate_latents(transformer: nn.Module, vae: nn.Module, processor: OmniGenTrainProcessor,
+                     instruction: str, input_images: Sequence[ImageLike] = (), height: int = 32,
+                     width: int = 32, num_steps: int = 8, guidance_scale: float = 2.5,
+                     img_guidance_scale: float = 1.6, negative_prompt: str = CFG_INSTRUCTION,
+                     seed: int = 0, use_img_cfg: bool = True) -> torch.Tensor:
+    """Sample one image's scaled latents (1, C, H/8, W/8), fp32, on the transformer's device."""
+    if height % 16 or width % 16:
+        raise ValueError(f"height and width must be multiples of 16, got {height}x{width}")
+    device, dtype = next(transformer.parameters()).device, base_dtype(transformer)
+    images = [load_input_image(im, processor, f"input_{i + 1}") for i, im in enumerate(input_images)]
+    batch, n_branches = build_guidance_batch(processor, instruction, images, height, width, negative_prompt,
+                                             use_img_cfg)
+    encoder = LatentEncoder()
+    input_latents = [encoder.encode(vae, im.to(device), "mean") for im in batch["input_images"]]
+    cond = {
+        "input_ids": batch["input_ids"].to(device),
+        "input_img_latents": input_latents,
+        "input_image_sizes": batch["input_image_sizes"],
+        "attention_mask": batch["attention_mask"].to(device),
+        "position_ids": batch["position_ids"].to(device),
+    }
+    order = batch["order"].tolist()  # batch row i holds branch order[i]
+    down = 2 ** (len(vae.config.block_out_channels) - 1)
+    channels = int(getattr(transformer.config, "in_channels", 4))
+    gen = torch.Generator().manual_seed(int(seed))
+    x = torch.randn(1, channels, height // down, width // down, generator=gen).to(device)
+    ts = euler_timesteps(num_steps).to(device)
+    for i in range(num_steps):
+        t = ts[i].expand(n_branches)
+        out = transformer(hidden_states=x.expand(n_branches, -1, -1, -1).to(dtype), timestep=t,
+                          return_dict=False, **cond)[0].float()
+        pred = torch.empty_like(out)
+        pred[order] = out  # back to branch order: cond, uncond(, img_cond)
+        if n_branches == 3:
+            v = pred[1] + img_guidance_scale * (pred[2] - pred[1]) + guidance_scale * (pred[0] - pred[2])
+        else:
+            v = pred[1] + guidance_scale * (pred[0] - pred[1])
+        x = x + (ts[i + 1] - ts[i]) * v.unsqueeze(0)
+    return x
+
+
+@torch.no_grad()
+def decode_latents(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) fp32 images in [-1, 1] from scaled latents."""
+    param = next(vae.parameters())
+    with torch.autocast(device_type=latents.device.type, enabled=False):
+        z = unscale_latents(vae, latents.to(device=param.device, dtype=param.dtype))
+        return vae.decode(z, return_dict=False)[0].float().clamp(-1, 1)
+
+
+@torch.no_grad()
+def generate_image(transformer: nn.Module, vae: nn.Module, processor: OmniGenTrainProcessor,
+                   prompt: SamplePrompt, num_steps: int = 8, negative_prompt: str = CFG_INSTRUCTION) -> torch.Tensor:
+    """(3, H, W) image in [-1, 1] for one :class:`SamplePrompt`."""
+    latents = generate_latents(transformer, vae, processor, prompt.instruction, prompt.input_images,
+                               prompt.height, prompt.width, num_steps, prompt.guidance_scale,
+                               prompt.img_guidance_scale, negative_prompt, prompt.seed)
+    return decode_latents(vae, latents)[0].cpu()
+
+
+def tensor_to_pil(img: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [-1, 1] -> RGB PIL image."""
+    arr = ((img.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(arr.permute(1, 2, 0).numpy(), "RGB")
+
+
+def make_grid(rows: Sequence[Sequence[Image.Image]], captions: Optional[Sequence[str]] = None,
+              cell: int = 96, pad: int = 4, caption_height: int = 12) -> Image.Image:
+    """Rows of images (each resized to fit a ``cell`` square) with optional one-line captions."""
+    n_cols = max((len(r) for r in rows), default=1)
+    row_h = cell + (caption_height if captions else 0) + pad
+    grid = Image.new("RGB", (pad + n_cols * (cell + pad), pad + len(rows) * row_h), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    for r, row in enumerate(rows):
+        top = pad + r * row_h
+        if captions:
+            text = captions[r]
+            max_chars = max(4, (n_cols * (cell + pad)) // 6)
+            text = text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+            draw.text((pad, top), text, fill=(0, 0, 0), font=font)
+            top += caption_height
+        for c, img in enumerate(row):
+            scale = cell / max(img.width, img.height)
+            size = (max(1, math.floor(img.width * scale)), max(1, math.floor(img.height * scale)))
+            resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BICUBIC
+            grid.paste(img.resize(size, resample), (pad + c * (cell + pad), top))
+    return grid

@@ -1,0 +1,241 @@
+"""Training callbacks that watch a run: progress sample grids and the loss-curve plot.
+
+* :class:`SampleGridCallback` renders a fixed set of prompts (text-only and image-conditioned)
+  every N optimizer steps with the Euler sampler of :mod:`deft_omni.generation.sampler` into
+  ``<out>/samples/step_000100.png`` (one row per prompt: input images, then the sample).
+  Fixed seeds per prompt, so grids compare across steps and runs.
+* :class:`LossCurveCallback` records the training loss of every step and ``val/loss`` after each
+  validation, keeps them across resumes (callback state in the checkpoint) and plots
+  ``<out>/loss_curve.png`` (raw + smoothed train loss, val points; matplotlib's Agg backend) at
+  the end and optionally every N steps; the raw numbers also go to ``loss_history.json``.
+
+Throughput (samples/s, tokens/s, step time) and peak memory are logged by ``DeftOmniModule``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from ..data import CFG_INSTRUCTION, OmniGenTrainProcessor
+from ..generation.sampler import SamplePrompt, generate_image, load_input_image, make_grid, tensor_to_pil
+from .checkpointing import step_dir_name
+
+
+def _as_prompt(p: Any) -> SamplePrompt:
+    if isinstance(p, SamplePrompt):
+        return p
+    if isinstance(p, str):
+        return SamplePrompt(instruction=p)
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(p, DictConfig):
+            p = OmegaConf.to_container(p, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return SamplePrompt(**dict(p))
+
+
+class SampleGridCallback(Callback):
+    """Every ``every_n_steps`` optimizer steps (and at the end with ``at_end``), render ``prompts``
+    into ``dirpath/step_XXXXXX.png``.  Rank zero only; the transformer is put in eval mode and
+    restored afterwards.  ``prompts``: :class:`SamplePrompt` objects, mappings of its fields, or
+    plain instruction strings."""
+
+    def __init__(self, dirpath: Union[str, Path], prompts: Sequence[Any], every_n_steps: int = 500,
+                 num_steps: int = 8, max_image_side: int = 1024, negative_prompt: str = CFG_INSTRUCTION,
+                 at_start: bool = False, at_end: bool = True, cell: int = 96) -> None:
+        super().__init__()
+        self.dirpath = Path(dirpath)
+        self.prompts = [_as_prompt(p) for p in prompts]
+        if not self.prompts:
+            raise ValueError("SampleGridCallback needs at least one prompt")
+        self.every_n_steps, self.num_steps = int(every_n_steps), int(num_steps)
+        self.max_image_side, self.negative_prompt = int(max_image_side), negative_prompt
+        self.at_start, self.at_end, self.cell = at_start, at_end, int(cell)
+        self._last_step = -1
+        self.written: list[Path] = []
+
+    def render(self, pl_module: pl.LightningModule) -> Any:
+        """The grid (a PIL image) for the current adapter weights."""
+        transformer, vae = pl_module.transformer, pl_module.vae
+        processor = OmniGenTrainProcessor(pl_module.tokenizer, max_image_side=self.max_image_side, cfg_dropout=0.0)
+        was_training = transformer.training
+        transformer.eval()
+        rows, captions = [], []
+        try:
+            with torch.no_grad(), torch.autocast(device_type=pl_module.device.type, enabled=False):
+                for prompt in self.prompts:
+                    img = generate_image(transformer, vae, processor, prompt, self.num_steps, self.negative_prompt)
+                    inputs = [tensor_to_pil(load_input_image(im, processor, f"input_{i + 1}"))
+                              for i, im in enumerate(prompt.input_images)]
+                    rows.append([*inputs, tensor_to_pil(img)])
+                    captions.append(prompt.instruction)
+        finally:
+            transformer.train(was_training)
+        return make_grid(rows, captions, cell=self.cell)
+
+    def save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> Optional[Path]:
+        if not trainer.is_global_zero:
+            return None
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        path = self.dirpath / f"{name}.png"
+        tmp = path.with_name(f".{path.name}.tmp")
+        self.render(pl_module).save(tmp, format="PNG")
+        os.replace(tmp, path)
+        self.written.append(path)
+        return path
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_start:
+            self.save(trainer, pl_module, step_dir_name(trainer.global_step))
+            self._last_step = int(trainer.global_step)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        step = int(trainer.global_step)
+        if self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps or step == self._last_step:
+            return
+        self.save(trainer, pl_module, step_dir_name(step))
+        self._last_step = step
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_end and int(trainer.global_step) != self._last_step:
+            self.save(trainer, pl_module, step_dir_name(trainer.global_step))
+            self._last_step = int(trainer.global_step)
+
+
+def smooth(values: Sequence[float], beta: float = 0.9) -> list[float]:
+    """Bias-corrected exponential moving average (TensorBoard-style smoothing)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta**i))
+    return out
+
+
+class LossCurveCallback(Callback):
+    """Collects (step, train loss) and (step, val loss); writes ``path`` (PNG) at the end and, with
+    ``every_n_steps > 0``, every N steps.  The history is kept in checkpoints, so a resumed run
+    plots its whole curve."""
+
+    def __init__(self, path: Union[str, Path], every_n_steps: int = 0, smoothing: float = 0.9,
+                 train_key: str = "train/loss", val_key: str = "val/loss") -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.every_n_steps, self.smoothing = int(every_n_steps), float(smoothing)
+        self.train_key, self.val_key = train_key, val_key
+        self.train: list[tuple[int, float]] = []
+        self.val: list[tuple[int, float]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train": [[int(s), float(v)] for s, v in self.train],
+                "val": [[int(s), float(v)] for s, v in self.val]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train = [(int(s), float(v)) for s, v in state_dict.get("train", [])]
+        self.val = [(int(s), float(v)) for s, v in state_dict.get("val", [])]
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        value = float(loss.detach().float().item()) if isinstance(loss, torch.Tensor) else float(loss)
+        step = int(trainer.global_step)
+        if self.train and self.train[-1][0] == step:  # gradient accumulation: keep the step's last
+            self.train[-1] = (step, value)
+        else:
+            self.train.append((step, value))
+        if self.every_n_steps > 0 and step % self.every_n_steps == 0 and trainer.is_global_zero:
+            self.plot()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.val_key)
+        if value is not None:
+            self.val.append((int(trainer.global_step), float(value)))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.plot()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # The curve up to the failure (e.g. a NaN loss) is what one wants to look at; never mask the error.
+        if trainer.is_global_zero and self.train:
+            try:
+                self.plot()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def plot(self) -> Path:
+        """Write the PNG (and ``loss_history.json`` beside it) atomically; returns the PNG path."""
+        # A bare Figure renders with the Agg canvas and leaves pyplot's global backend alone.
+        from matplotlib.figure import Figure
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fig = Figure(figsize=(7, 4), dpi=100)
+        ax = fig.add_subplot(1, 1, 1)
+        if self.train:
+            steps, values = zip(*self.train)
+            finite = [(s, v) for s, v in zip(steps, values) if math.isfinite(v)]
+            if finite:
+                fs, fv = zip(*finite)
+                ax.plot(fs, fv, color="tab:blue", alpha=0.3, linewidth=0.8, label="train loss")
+                ax.plot(fs, smooth(fv, self.smoothing), color="tab:blue", linewidth=1.6,
+                        label=f"train loss (EMA {self.smoothing:g})")
+        if self.val:
+            vs, vv = zip(*self.val)
+            ax.plot(vs, vv, "o-", color="tab:orange", markersize=4, label="val loss (fixed t-grid)")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("rectified-flow MSE")
+        ax.grid(True, alpha=0.3)
+        if self.train or self.val:
+            ax.legend(loc="upper right")
+        fig.tight_layout()
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, self.path)
+        history = self.path.with_name("loss_history.json")
+        tmp_json = history.with_name(f".{history.name}.tmp")
+        tmp_json.write_text(json.dumps(self.state_dict()))
+        os.replace(tmp_json, history)
+        return self.path
+
+
+def standard_callbacks(out_dir: Union[str, Path], *, adapter_every_n_steps: int = 500, adapter_keep_last: int = 3,
+                       resume_every_n_steps: int = 500, resume_keep_last: int = 2,
+                       sample_prompts: Optional[Sequence[Any]] = None, sample_every_n_steps: int = 500,
+                       sample_num_steps: int = 8, sample_max_image_side: int = 1024,
+                       loss_curve_every_n_steps: int = 0, progress_refresh_rate: int = 1) -> list[Callback]:
+    """The usual set for ``<out>``: adapter folders (``adapters/``), resume checkpoints
+    (``checkpoints/``), sample grids (``samples/``, when prompts are given), ``loss_curve.png``
+    and Lightning's TQDM progress bar (the loss is shown in its postfix).  Pass the Trainer
+    ``plugins=[SafeCheckpointIO()]`` as well."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from .checkpointing import AdapterCheckpoint, resume_checkpoint_callback
+
+    out = Path(out_dir)
+    callbacks: list[Callback] = [
+        AdapterCheckpoint(out / "adapters", every_n_steps=adapter_every_n_steps, keep_last=adapter_keep_last),
+        resume_checkpoint_callback(out / "checkpoints", every_n_steps=resume_every_n_steps,
+                                   keep_last=resume_keep_last),
+        LossCurveCallback(out / "loss_curve.png", every_n_steps=loss_curve_every_n_steps),
+    ]
+    if progress_refresh_rate > 0:  # 0: no bar (then also pass Trainer(enable_progress_bar=False))
+        callbacks.append(TQDMProgressBar(refresh_rate=progress_refresh_rate))
+    if sample_prompts:
+        callbacks.insert(2, SampleGridCallback(out / "samples", sample_prompts, every_n_steps=sample_every_n_steps,
+                                               num_steps=sample_num_steps, max_image_side=sample_max_image_side))
+    return callbacks

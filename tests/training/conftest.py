@@ -1,0 +1,32 @@
+"""Fixtures for the training tests: one thread, the tiny OmniGen and tiny synthetic shards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deft_omni.data import make_synthetic_shards
+from deft_omni.model import ensure_tiny_omnigen
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_single_process(monkeypatch):
+    """Tiny models run fastest on one thread (and the CPU is shared); no launcher's rank env."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir():
+    return ensure_tiny_omnigen()
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory):
+    """12 train / 4 val samples, all 32x32, half of them image-conditioned."""
+    return make_synthetic_shards(str(tmp_path_factory.mktemp("training") / "shards"), n_train=12, n_val=4,
+                                 image_sizes=((32, 32),), maxcount=6, edit_fraction=0.5)

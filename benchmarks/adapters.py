@@ -19,10 +19,9 @@ import gc
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -191,10 +190,12 @@ def memory_child(case: Case) -> int:
     return _peak_rss() - before
 
 
-def measure_memory(case: Case) -> int:
-    out = subprocess.run([sys.executable, __file__, "--memory-case", json.dumps(asdict(case))],
-                         capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
-    return int(out.stdout.strip().splitlines()[-1])
+def memory_pool() -> ProcessPoolExecutor:
+    """A fresh process per case, forked from a server that has imported torch and peft once
+    (and run no parallel work), so a case costs its own steps, not the imports."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "peft", "deft_omni.adapters"])
+    return ProcessPoolExecutor(max_workers=2, mp_context=ctx, max_tasks_per_child=1)
 
 
 # -- report --------------------------------------------------------------------------------
@@ -224,8 +225,8 @@ def run(full: bool, repeats: int, progress) -> list[Row]:
         times = time_point(group, repeats)
         gc.collect()
         # Memory is per process, so two children at a time do not disturb each other's numbers.
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            mems = dict(zip(group, pool.map(measure_memory, group)))
+        with memory_pool() as pool:
+            mems = dict(zip(group, pool.map(memory_child, group)))
         progress.update(len(group))
         ref = next(c for c in group if c.impl == "peft" and c.method == "lora")
         for c in group:
@@ -284,11 +285,7 @@ def main(argv=None) -> None:
     parser.add_argument("--full", action="store_true", help="every shape, r = 8 and 64, every method (long)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per case after one warm-up (>= 5)")
     parser.add_argument("--json", help="write every row to this JSON file")
-    parser.add_argument("--memory-case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.memory_case:
-        print(memory_child(Case(**json.loads(args.memory_case))))
-        return
     from tqdm import tqdm
 
     total = len(cases_for(args.full))

@@ -92,3 +92,13 @@ def test_train_in_process_writes_everything(tmp_path, monkeypatch):
     for rel in ["adapters/final/adapter_model.safetensors", "adapters/step_000006", "checkpoints/last.ckpt",
                 "samples/step_000006.png", "loss_curve.png", "logs/metrics.csv", "config.yaml"]:
         assert (run / rel).exists(), rel
+
+
+def test_tensorboard_logger_is_optional(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from deft_omni.train import build_trainer
+
+    trainer = build_trainer(_compose(["logger=tensorboard"], tmp_path), tmp_path)
+    assert {type(lg) for lg in trainer.loggers} == {CSVLogger, TensorBoardLogger}
+    assert [type(lg) for lg in build_trainer(_compose([], tmp_path), tmp_path).loggers] == [CSVLogger]

@@ -1,0 +1,25 @@
+"""Fixtures for the converter tests: a tiny offline tokenizer and a processor around it."""
+
+from __future__ import annotations
+
+import pytest
+
+from deft_omni.data import OmniGenTrainProcessor
+from tests.data._data_helpers import build_tiny_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _single_process(monkeypatch):
+    """The loader falls back to RANK/WORLD_SIZE; keep a launcher's values out of these tests."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture()
+def processor(tokenizer):
+    return OmniGenTrainProcessor(tokenizer, max_image_side=64, cfg_dropout=0.0)

@@ -22,11 +22,13 @@ import statistics
 import time
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 QUICK_SHAPES = [(3072, 9216), (3072, 3072)]
 FULL_SHAPES = [(3072, 9216), (3072, 3072), (3072, 16384), (8192, 3072)]
+WARMUP_TOKENS = 16
+MMAP_THRESHOLD = 64 * 1024
 ALL_BASES = ["qr", "relu", "relaxed", "relu2", "tsvd", "lrmf", "eigen", "nmf"]
 
 
@@ -49,8 +51,8 @@ class Case:
             f" {self.basis}" if self.basis != "-" else "")
 
 
-def cases_for(full: bool) -> list[Case]:
-    shapes = FULL_SHAPES if full else QUICK_SHAPES
+def cases_for(full: bool, only: Optional[set] = None) -> list[Case]:
+    shapes = [s for s in (FULL_SHAPES if full else QUICK_SHAPES) if only is None or s in only]
     ranks = [8, 64] if full else [64]
     out = []
     for d_in, d_out in shapes:
@@ -180,8 +182,11 @@ def memory_child(case: Case) -> int:
     import torch
 
     torch.set_num_threads(2)
-    step = make_step(build(case), case)
-    step()  # warm-up: one-time library initialisation is not the case's memory
+    module = build(case)
+    # Warm-up on a few tokens: one-time library initialisation is not the case's memory, and
+    # with the fixed mmap threshold (memory_pool) no allocator state carries over in size.
+    make_step(module, replace(case, tokens=WARMUP_TOKENS))()
+    step = make_step(module, case)
     gc.collect()
     before = _rss()
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak to the current RSS
@@ -193,6 +198,11 @@ def memory_child(case: Case) -> int:
 def memory_pool() -> ProcessPoolExecutor:
     """A fresh process per case, forked from a server that has imported torch and peft once
     (and run no parallel work), so a case costs its own steps, not the imports."""
+    # glibc's default mmap threshold moves with the sizes freed so far, so whether a large
+    # buffer lands in the heap (and stays in RSS after free) depended on the case's history:
+    # the same case varied by +-30 %.  A fixed threshold maps every large buffer and unmaps it
+    # on free, so peak RSS follows the live tensors.  Children inherit the forkserver's env.
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "peft", "deft_omni.adapters"])
     return ProcessPoolExecutor(max_workers=2, mp_context=ctx, max_tasks_per_child=1)
@@ -213,11 +223,11 @@ class Row:
     mem_vs_peft_lora: Optional[float] = None
 
 
-def run(full: bool, repeats: int, progress) -> list[Row]:
+def run(full: bool, repeats: int, progress, shapes: Optional[set] = None) -> list[Row]:
     import torch
 
     torch.set_num_threads(2)
-    cases = cases_for(full)
+    cases = cases_for(full, shapes)
     points = sorted({(c.d_in, c.d_out, c.tokens, c.rank) for c in cases}, key=lambda p: (p[0] * p[1], p[2], p[3]))
     rows = []
     for point in points:
@@ -285,12 +295,21 @@ def main(argv=None) -> None:
     parser.add_argument("--full", action="store_true", help="every shape, r = 8 and 64, every method (long)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per case after one warm-up (>= 5)")
     parser.add_argument("--json", help="write every row to this JSON file")
+    parser.add_argument("--shape", action="append", metavar="IN->OUT",
+                        help="only these shapes of the chosen set, e.g. --shape 8192->3072 (repeatable)")
     args = parser.parse_args(argv)
     from tqdm import tqdm
 
-    total = len(cases_for(args.full))
+    shapes = None
+    if args.shape:
+        shapes = {tuple(int(v) for v in s.split("->")) for s in args.shape}
+        known = {(c.d_in, c.d_out) for c in cases_for(args.full)}
+        if not shapes <= known:
+            parser.error(f"--shape {sorted(shapes - known)} is not in this set; choose from "
+                         + ", ".join(f"{a}->{b}" for a, b in sorted(known)))
+    total = len(cases_for(args.full, shapes))
     with tqdm(total=total, desc="cases", unit="case") as progress:
-        rows = run(args.full, args.repeats, progress)
+        rows = run(args.full, args.repeats, progress, shapes)
     print(table(rows))
     print()
     print("\n".join(checks(rows)))

@@ -75,12 +75,15 @@ class AdapterLinear(nn.Module):
                 yield branch, idx, scale
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        base = self.base_layer(x, *args, **kwargs)
         live = list(self.live_branches())
         if not live:
-            return base
+            return self.base_layer(x, *args, **kwargs)
         lead = x.shape[:-1]
-        x2, y = x.reshape(-1, x.shape[-1]), base.reshape(-1, base.shape[-1])
+        # The base layer reads the same 2-D view as the branches: both input gradients then
+        # meet in one buffer and add in place.  Fed `x` itself, the base gradient and the view's
+        # gradient reach x through different nodes and their sum needs a third N x in buffer.
+        x2 = x.reshape(-1, x.shape[-1])
+        y = self.base_layer(x2, *args, **kwargs)
         # Adapter math runs outside autocast: dtypes are chosen explicitly below.
         with torch.autocast(device_type=x.device.type, enabled=False):
             if self._use_activation_path(live, x2, y):

@@ -15,12 +15,17 @@ imports torchvision) and no torchvision.  It follows OmniGen's inference (NOTES 
 
 The three prompts go through :func:`deft_omni.data.collate_processed`, which puts the longest
 text first (RoPE reads row 0's positions); rows are mapped back with the batch's ``order``.
+
+Batches (:func:`generate_latents_batch`): B prompts of one output size share each transformer
+call, rows [cond_1..cond_B, uncond_1..uncond_B, img_cond of those with input images] (as
+diffusers' collator).  Each image draws its noise from its own seeded generator, so image i is
+the same whatever the batch size (up to float rounding of the batched matmuls).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -28,9 +33,14 @@ from typing import Any, Optional, Union
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
+from tqdm.auto import tqdm
 
-from ..data import CFG_INSTRUCTION, OmniGenTrainProcessor, ProcessedSample, collate_processed
-from ..training.loss import LatentEncoder, base_dtype, unscale_latents
+from ..data import (
+    CFG_INSTRUCTION,
+    OmniGenTrainProcessor,
+    ProcessedSample,
+    collate_processed,
+)
 
 ImageLike = Union[str, Path, Image.Image, torch.Tensor]
 
@@ -46,6 +56,7 @@ class SamplePrompt:
     seed: int = 0
     guidance_scale: float = 2.5
     img_guidance_scale: float = 1.6
+    negative_prompt: Optional[str] = None  # None: the sampler call's negative_prompt
 
 
 def euler_timesteps(num_steps: int) -> torch.Tensor:
@@ -88,51 +99,136 @@ def build_guidance_batch(processor: OmniGenTrainProcessor, instruction: str, ima
     return collate_processed(items, pad_id=processor.pad_id, mask_dtype=processor.mask_dtype), len(items)
 
 
+def _stack_guidance_rows(processor: OmniGenTrainProcessor, prompts: Sequence[SamplePrompt],
+                         images: Sequence[Sequence[torch.Tensor]], negative_prompt: str,
+                         use_img_cfg: bool) -> tuple[dict[str, Any], list[int], list[Optional[int]]]:
+    """Collated rows [cond_1..cond_B, uncond_1..uncond_B, img_cond of the prompts with images].
+
+    Returns (batch, owner, img_row): ``owner[k]`` is the prompt of item k (items in the order
+    above, before collation reorders them) and ``img_row[p]`` the item of prompt p's image-only
+    row (None without input images: that prompt uses two-branch guidance).
+    """
+    height, width = prompts[0].height, prompts[0].width
+    blank = torch.zeros(3, height, width)
+    specs: list[tuple[str, str, list[torch.Tensor], int]] = []
+    for p, (prompt, imgs) in enumerate(zip(prompts, images)):
+        specs.append((f"cond_{p}", prompt.instruction, list(imgs), p))
+    for p, prompt in enumerate(prompts):
+        specs.append((f"uncond_{p}", prompt.negative_prompt or negative_prompt, [], p))
+    img_row: list[Optional[int]] = [None] * len(prompts)
+    for p, imgs in enumerate(images):
+        if imgs and use_img_cfg:
+            img_row[p] = len(specs)
+            tags = " ".join(f"<img><|image_{i + 1}|></img>" for i in range(len(imgs)))
+            specs.append((f"img_cond_{p}", tags, list(imgs), p))
+    items = []
+    for key, text, imgs, _ in specs:
+        sizes = [tuple(int(s) for s in im.shape[-2:]) for im in imgs]
+        ids, spans = processor.tokenize(text, sizes, key=key)
+        items.append(ProcessedSample(key=key, input_ids=ids, image_spans=spans, input_images=imgs,
+                                     output_image=blank))
+    batch = collate_processed(items, pad_id=processor.pad_id, mask_dtype=processor.mask_dtype)
+    return batch, [owner for *_, owner in specs], img_row
+
+
+def initial_noise(seeds: Sequence[int], channels: int, height: int, width: int) -> torch.Tensor:
+    """(B, C, h, w) fp32 CPU noise, row i from its own generator seeded with ``seeds[i]``.
+
+    One generator per image makes image i independent of its batch-mates and of the batch size
+    (diffusers' ``randn_tensor`` with a list of generators draws the same numbers).
+    """
+    rows = [torch.randn(1, channels, height, width, generator=torch.Generator().manual_seed(int(s)))
+            for s in seeds]
+    return torch.cat(rows)
+
+
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+@torch.no_grad()
+def generate_latents_batch(transformer: nn.Module, vae: nn.Module, processor: OmniGenTrainProcessor,
+                           prompts: Sequence[SamplePrompt], num_steps: int = 8,
+                           negative_prompt: str = CFG_INSTRUCTION, use_img_cfg: bool = True,
+                           step_callback: Optional[StepCallback] = None,
+                           progress: bool = False) -> torch.Tensor:
+    """Sample several prompts of one output size in one transformer call per step.
+
+    Returns (B, C, H/8, W/8) fp32 scaled latents on the transformer's device.  Each prompt keeps
+    its own seed, guidance scales and (optional) negative prompt.  ``step_callback(i, t_i, x)``
+    is called after step i with the updated latents; ``progress`` shows a tqdm bar over steps.
+    """
+    from ..training.loss import (  # lazy: training imports this module
+        LatentEncoder,
+        base_dtype,
+    )
+
+    if not prompts:
+        raise ValueError("generate_latents_batch needs at least one prompt")
+    height, width = prompts[0].height, prompts[0].width
+    if any((p.height, p.width) != (height, width) for p in prompts):
+        sizes = sorted({(p.height, p.width) for p in prompts})
+        raise ValueError(f"a batch must share one output size (one latent tensor); got {sizes}: group by size")
+    if height % 16 or width % 16:
+        raise ValueError(f"height and width must be multiples of 16, got {height}x{width}")
+    device, dtype = next(transformer.parameters()).device, base_dtype(transformer)
+    images = [[load_input_image(im, processor, f"input_{i + 1}") for i, im in enumerate(p.input_images)]
+              for p in prompts]
+    batch, owner, img_row = _stack_guidance_rows(processor, prompts, images, negative_prompt, use_img_cfg)
+    encoder = LatentEncoder()
+    cond = {
+        "input_ids": batch["input_ids"].to(device),
+        "input_img_latents": [encoder.encode(vae, im.to(device), "mean") for im in batch["input_images"]],
+        "input_image_sizes": batch["input_image_sizes"],
+        "attention_mask": batch["attention_mask"].to(device),
+        "position_ids": batch["position_ids"].to(device),
+    }
+    order = batch["order"].tolist()  # batch row i holds item order[i]
+    row_owner = torch.tensor([owner[k] for k in order], device=device)
+    n = len(prompts)
+    # Prompts without an image-only row reuse their uncond row: g_img (u - u) = 0 exactly, so that
+    # is the two-branch formula u + g (c - u) bit for bit.
+    img_idx = torch.tensor([n + p if r is None else r for p, r in enumerate(img_row)], device=device)
+    g = torch.tensor([float(p.guidance_scale) for p in prompts], device=device).view(n, 1, 1, 1)
+    g_img = torch.tensor([float(p.img_guidance_scale) for p in prompts], device=device).view(n, 1, 1, 1)
+    down = 2 ** (len(vae.config.block_out_channels) - 1)
+    channels = int(getattr(transformer.config, "in_channels", 4))
+    x = initial_noise([p.seed for p in prompts], channels, height // down, width // down).to(device)
+    ts = euler_timesteps(num_steps).to(device)
+    bar = tqdm(total=num_steps, desc="steps", unit="step", leave=False, disable=not progress)
+    for i in range(num_steps):
+        t = ts[i].expand(len(order))
+        out = transformer(hidden_states=x[row_owner].to(dtype), timestep=t, return_dict=False, **cond)[0].float()
+        pred = torch.empty_like(out)
+        pred[order] = out  # back to item order: cond..., uncond..., img_cond...
+        c, u, im = pred[:n], pred[n:2 * n], pred[img_idx]
+        v = u + g_img * (im - u) + g * (c - im)
+        x = x + (ts[i + 1] - ts[i]) * v
+        if step_callback is not None:
+            step_callback(i, ts[i], x)
+        bar.update()
+    bar.close()
+    return x
+
+
 @torch.no_grad()
 def generate_latents(transformer: nn.Module, vae: nn.Module, processor: OmniGenTrainProcessor,
                      instruction: str, input_images: Sequence[ImageLike] = (), height: int = 32,
                      width: int = 32, num_steps: int = 8, guidance_scale: float = 2.5,
                      img_guidance_scale: float = 1.6, negative_prompt: str = CFG_INSTRUCTION,
-                     seed: int = 0, use_img_cfg: bool = True) -> torch.Tensor:
+                     seed: int = 0, use_img_cfg: bool = True,
+                     step_callback: Optional[StepCallback] = None) -> torch.Tensor:
     """Sample one image's scaled latents (1, C, H/8, W/8), fp32, on the transformer's device."""
-    if height % 16 or width % 16:
-        raise ValueError(f"height and width must be multiples of 16, got {height}x{width}")
-    device, dtype = next(transformer.parameters()).device, base_dtype(transformer)
-    images = [load_input_image(im, processor, f"input_{i + 1}") for i, im in enumerate(input_images)]
-    batch, n_branches = build_guidance_batch(processor, instruction, images, height, width, negative_prompt,
-                                             use_img_cfg)
-    encoder = LatentEncoder()
-    input_latents = [encoder.encode(vae, im.to(device), "mean") for im in batch["input_images"]]
-    cond = {
-        "input_ids": batch["input_ids"].to(device),
-        "input_img_latents": input_latents,
-        "input_image_sizes": batch["input_image_sizes"],
-        "attention_mask": batch["attention_mask"].to(device),
-        "position_ids": batch["position_ids"].to(device),
-    }
-    order = batch["order"].tolist()  # batch row i holds branch order[i]
-    down = 2 ** (len(vae.config.block_out_channels) - 1)
-    channels = int(getattr(transformer.config, "in_channels", 4))
-    gen = torch.Generator().manual_seed(int(seed))
-    x = torch.randn(1, channels, height // down, width // down, generator=gen).to(device)
-    ts = euler_timesteps(num_steps).to(device)
-    for i in range(num_steps):
-        t = ts[i].expand(n_branches)
-        out = transformer(hidden_states=x.expand(n_branches, -1, -1, -1).to(dtype), timestep=t,
-                          return_dict=False, **cond)[0].float()
-        pred = torch.empty_like(out)
-        pred[order] = out  # back to branch order: cond, uncond(, img_cond)
-        if n_branches == 3:
-            v = pred[1] + img_guidance_scale * (pred[2] - pred[1]) + guidance_scale * (pred[0] - pred[2])
-        else:
-            v = pred[1] + guidance_scale * (pred[0] - pred[1])
-        x = x + (ts[i + 1] - ts[i]) * v.unsqueeze(0)
-    return x
+    prompt = SamplePrompt(instruction=instruction, input_images=list(input_images), height=height, width=width,
+                          seed=seed, guidance_scale=guidance_scale, img_guidance_scale=img_guidance_scale)
+    return generate_latents_batch(transformer, vae, processor, [prompt], num_steps, negative_prompt,
+                                  use_img_cfg, step_callback)
 
 
 @torch.no_grad()
 def decode_latents(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) fp32 images in [-1, 1] from scaled latents."""
+    from ..training.loss import unscale_latents  # lazy: training imports this module
+
     param = next(vae.parameters())
     with torch.autocast(device_type=latents.device.type, enabled=False):
         z = unscale_latents(vae, latents.to(device=param.device, dtype=param.dtype))
@@ -143,9 +239,7 @@ def decode_latents(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
 def generate_image(transformer: nn.Module, vae: nn.Module, processor: OmniGenTrainProcessor,
                    prompt: SamplePrompt, num_steps: int = 8, negative_prompt: str = CFG_INSTRUCTION) -> torch.Tensor:
     """(3, H, W) image in [-1, 1] for one :class:`SamplePrompt`."""
-    latents = generate_latents(transformer, vae, processor, prompt.instruction, prompt.input_images,
-                               prompt.height, prompt.width, num_steps, prompt.guidance_scale,
-                               prompt.img_guidance_scale, negative_prompt, prompt.seed)
+    latents = generate_latents_batch(transformer, vae, processor, [prompt], num_steps, negative_prompt)
     return decode_latents(vae, latents)[0].cpu()
 
 

@@ -4,6 +4,7 @@
     python -m deft_omni.train experiment=visualcloze_r32       # the paper's VisualCloze run
     python -m deft_omni.train -m adapter.rank=4,8 adapter.decomposition=qr,relu   # a sweep
     python -m deft_omni.train trainer=ddp4                     # 4 GPUs, bf16, DDP
+    python -m deft_omni.train experiment=sfm_camera camera=embed   # camera-aware (docs/camera.md)
 """
 
 from __future__ import annotations
@@ -35,7 +36,16 @@ def _data_paths(cfg: DictConfig) -> tuple[list, Optional[str], Optional[dict]]:
     data = cfg.data
     train = [(str(t["path"]), float(t.get("weight", 1.0))) for t in (data.train or [])]
     val = data.val
-    if data.get("synthetic"):
+    if data.get("synthetic") and data.synthetic.get("kind") == "camera":
+        from .camera.synthetic import make_camera_scene_shards
+
+        syn = data.synthetic
+        root = Path(cfg.paths.cache_dir) / f"synthetic-camera-{syn.n_train}-{syn.n_val}-{syn.size}-{syn.seed}"
+        made = make_camera_scene_shards(str(root), n_train=syn.n_train, n_val=syn.n_val, size=syn.size,
+                                        seed=syn.seed, maxcount=syn.get("maxcount", 32))
+        train = train or [(made["train"], 1.0)]
+        val = val or made["val"]
+    elif data.get("synthetic"):
         syn = data.synthetic
         sizes = tuple(tuple(s) for s in syn.image_sizes)
         root = Path(cfg.paths.cache_dir) / f"synthetic-{syn.n_train}-{syn.n_val}-{syn.seed}-" \
@@ -51,7 +61,7 @@ def _data_paths(cfg: DictConfig) -> tuple[list, Optional[str], Optional[dict]]:
 class ShardDataModule(pl.LightningDataModule):
     """Builds the loaders once the trainer knows this process's rank (after DDP starts)."""
 
-    def __init__(self, cfg: DictConfig, tokenizer) -> None:
+    def __init__(self, cfg: DictConfig, tokenizer, camera=None, paths=None) -> None:
         super().__init__()
         from .data import OmniGenTrainProcessor, ShardSource
 
@@ -60,8 +70,9 @@ class ShardDataModule(pl.LightningDataModule):
         self.processor = OmniGenTrainProcessor(
             tokenizer, max_image_side=data.max_image_side, cfg_dropout=data.cfg_dropout, seed=cfg.seed,
             prior_loss_weight=float(data.prior.get("loss_weight", 1.0)) if data.get("prior") else 1.0,
+            camera=camera,
         )
-        train, self.val_path, prior = _data_paths(cfg)
+        train, self.val_path, prior = paths or _data_paths(cfg)
         self.sources: list[Any] = [(path, weight) for path, weight in train]
         if prior:
             self.sources.append(ShardSource(prior["path"], float(prior.get("weight", 1.0)), is_prior=True))
@@ -93,7 +104,7 @@ class ShardDataModule(pl.LightningDataModule):
                                 num_workers=0, split_by_rank=False)
 
 
-def build_trainer(cfg: DictConfig, out_dir: Path):
+def build_trainer(cfg: DictConfig, out_dir: Path, train_cameras: Optional[list] = None):
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from .training import SafeCheckpointIO, standard_callbacks
@@ -106,6 +117,14 @@ def build_trainer(cfg: DictConfig, out_dir: Path):
         sample_num_steps=cb.sample_num_steps, sample_max_image_side=cb.sample_max_image_side,
         loss_curve_every_n_steps=cb.loss_curve_every_n_steps, progress_refresh_rate=cb.progress_refresh_rate,
     )
+    views = int(cb.get("camera_sample_views", 0) or 0)
+    if train_cameras and views > 0 and cb.sample_every_n_steps > 0:
+        from .camera.callback import CameraSampleCallback, spread
+
+        callbacks.append(CameraSampleCallback(out_dir / "camera_samples", spread(train_cameras, views),
+                                              every_n_steps=cb.sample_every_n_steps,
+                                              size=int(cb.get("camera_sample_size", 32)),
+                                              num_steps=cb.sample_num_steps))
     # User callbacks: `+callbacks.extra='[{_target_: my.module.MyCallback, ...}]'`.
     callbacks += [hydra.utils.instantiate(c) for c in (cb.get("extra") or [])]
     loggers = []
@@ -136,6 +155,24 @@ def _resolve_ckpt(ckpt_path: Optional[str], out_dir: Path) -> Optional[str]:
     return ckpt_path
 
 
+def _camera_args(cfg: DictConfig, train_sets: list) -> tuple[dict[str, Any], list[dict]]:
+    """(module arguments for ``cfg.camera``, the training cameras); the scene frame comes from the
+    training shards' cameras (prior sets carry none).  Mode none (or no camera block) adds nothing."""
+    from .camera.config import CameraConfig, CameraError
+    from .camera.frame import frame_from_shards
+
+    camera = CameraConfig.from_any(_plain(cfg.get("camera")))
+    if not camera.enabled:
+        return {}, []
+    try:
+        frame, instruction, cameras = frame_from_shards([p for p, _ in train_sets], camera.quat_tolerance)
+    except CameraError as err:
+        raise ConfigError(f"camera.mode={camera.mode}: {err}") from None
+    log.info("camera frame from %d training cameras: centre %s, scale %.4g", frame.num_cameras,
+             [round(c, 4) for c in frame.centre], frame.scale)
+    return {"camera": camera, "camera_frame": frame, "camera_instruction": instruction}, cameras
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit one adapter as `cfg` says; returns the run summary (also written to summary.json)."""
     from .training import DeftOmniModule
@@ -144,10 +181,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    paths = _data_paths(cfg)
+    camera_args, train_cameras = _camera_args(cfg, paths[0])
     module = DeftOmniModule(model=_plain(cfg.model), adapter=_plain(cfg.adapter), optim=_plain(cfg.optim),
-                            loss=_plain(cfg.loss), ema=_plain(cfg.ema), cache_latents=cfg.cache_latents)
-    datamodule = ShardDataModule(cfg, module.tokenizer)
-    trainer = build_trainer(cfg, out_dir)
+                            loss=_plain(cfg.loss), ema=_plain(cfg.ema), cache_latents=cfg.cache_latents,
+                            **camera_args)
+    datamodule = ShardDataModule(cfg, module.tokenizer, camera=module.camera_conditioning, paths=paths)
+    trainer = build_trainer(cfg, out_dir, train_cameras)
     ckpt = _resolve_ckpt(cfg.ckpt_path, out_dir)
     if trainer.is_global_zero:
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

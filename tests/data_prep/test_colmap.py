@@ -226,3 +226,31 @@ def test_wrong_root_and_truncated_binary(tmp_path, capsys):
     assert "images.bin is truncated" in capsys.readouterr().err
     assert colmap.main(["--root", str(root), "--model", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "has no cameras/images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["text", "embed"])
+def test_sfm_camera_experiment_trains_on_converted_scene(tmp_path, monkeypatch, mode):
+    """experiment=sfm_camera reads ${DEFT_OMNI_DATA}/sfm_camera/train as the converter wrote it,
+    in both camera modes; the adapter folder carries the scene frame of these cameras."""
+    import json
+
+    from deft_omni.camera.io import CAMERA_JSON
+    from deft_omni.train import train
+    from tests.test_train import _compose
+
+    data = tmp_path / "data"
+    make_scene(tmp_path / "scene", "bin")
+    assert colmap.main(["--root", str(tmp_path / "scene"), "--out", str(data / "sfm_camera" / "train"),
+                        "--max-side", "32", "--quiet"]) == 0
+    monkeypatch.setenv("DEFT_OMNI_DATA", str(data))
+    monkeypatch.setenv("DEFT_OMNI_CACHE", str(tmp_path / "cache"))
+    cfg = _compose(["experiment=sfm_camera", f"camera={mode}", "model=omnigen_tiny", "trainer=cpu", "max_steps=3",
+                    "data.num_workers=0", "data.max_image_side=32", "data.batch_size=1",
+                    "trainer.val_check_interval=3", "callbacks.sample_every_n_steps=3",
+                    "callbacks.adapter_every_n_steps=3", "callbacks.resume_every_n_steps=3",
+                    "callbacks.camera_sample_views=1", "callbacks.camera_sample_size=32",
+                    "callbacks.sample_num_steps=2"], tmp_path / "run")
+    summary = train(cfg)
+    assert summary["steps"] == 3 and math.isfinite(summary["final_loss"])
+    info = json.loads((tmp_path / "run" / "adapters" / "final" / CAMERA_JSON).read_text())
+    assert info["config"]["mode"] == mode and info["frame"]["num_cameras"] == len(IMAGES)

@@ -61,6 +61,7 @@ class ProcessedSample:
     cfg_dropped: bool = False
     url: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    camera: torch.Tensor | None = None  # (11,) normalised camera vector (deft_omni.camera), if conditioned
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -113,13 +114,16 @@ class OmniGenTrainProcessor:
     ``cfg_dropout``: probability of replacing the instruction by ``<cfg>`` and dropping
     the input images (training only).  ``prior_loss_weight``: the ``loss_weight`` of
     DreamBooth class-prior samples.  ``mask_dtype``: dtype of the (B,S,S) mask.
+    ``camera``: a :class:`deft_omni.camera.CameraConditioning` (or None): samples with a
+    ``camera`` get its text appended to the instruction, and its ``marker`` is tokenized as the
+    single id ``token_id`` (split out like an image tag); condition dropout drops the camera too.
     """
 
     def __init__(self, tokenizer: Any, max_image_side: int = 1024, size_multiple: int = 16,
                  cfg_dropout: float = 0.1, seed: int = 0, placeholder_id: int | None = None,
                  pad_id: int | None = None, prior_loss_weight: float = 1.0,
                  bucket_sizes: Sequence[tuple[int, int]] | None = None,
-                 mask_dtype: torch.dtype = torch.float32):
+                 mask_dtype: torch.dtype = torch.float32, camera: Any = None):
         if size_multiple % PIXELS_PER_TOKEN:
             raise ValueError(f"size_multiple must be a multiple of {PIXELS_PER_TOKEN} "
                              "(VAE 8x times 2x2 patches)")
@@ -137,6 +141,7 @@ class OmniGenTrainProcessor:
                                      getattr(tokenizer, "unk_token_id", None)) if i is not None), 0)
         self.placeholder_id = fallback if placeholder_id is None else int(placeholder_id)
         self.pad_id = fallback if pad_id is None else int(pad_id)
+        self.camera = camera
 
     @staticmethod
     def _check_buckets(buckets, multiple):
@@ -159,12 +164,16 @@ class OmniGenTrainProcessor:
         ids: list[int] = []
         spans: list[tuple[int, int]] = []
         for i, chunk in enumerate(chunks):
-            toks = list(self.tokenizer(chunk)["input_ids"])
-            # Each chunk is tokenized as if it began a text, so the tokenizer prepends BOS;
-            # only the prompt's real start keeps it (as OmniGen's own processor does).
-            if i > 0 and toks and self.bos_id is not None and toks[0] == self.bos_id:
-                toks = toks[1:]
-            ids.extend(toks)
+            pieces = chunk.split(self.camera.marker) if self.camera is not None else [chunk]
+            for j, piece in enumerate(pieces):
+                toks = list(self.tokenizer(piece)["input_ids"])
+                # Each chunk is tokenized as if it began a text, so the tokenizer prepends BOS;
+                # only the prompt's real start keeps it (as OmniGen's own processor does).
+                if (i > 0 or j > 0) and toks and self.bos_id is not None and toks[0] == self.bos_id:
+                    toks = toks[1:]
+                ids.extend(toks)
+                if j < len(pieces) - 1:
+                    ids.append(int(self.camera.token_id))
             if i < len(chunks) - 1:
                 n = num_image_tokens(*image_sizes[i])
                 spans.append((len(ids), len(ids) + n))
@@ -200,6 +209,10 @@ class OmniGenTrainProcessor:
         dropped = train and self.drops_condition(key, rng, epoch)
         if dropped:
             instruction, inputs = CFG_INSTRUCTION, []
+        camera_vec = None
+        if self.camera is not None and not dropped:
+            suffix, camera_vec = self.camera.condition(sample)
+            instruction = instruction + suffix
         input_tensors = [self.prepare_image(img, key=key, url=url, name=f"input_{k}")
                          for k, img in enumerate(inputs, start=1)]
         ids, spans = self.tokenize(instruction, [tuple(t.shape[-2:]) for t in input_tensors], key=key, url=url)
@@ -208,7 +221,7 @@ class OmniGenTrainProcessor:
         return ProcessedSample(key=key, input_ids=ids, image_spans=spans, input_images=input_tensors,
                                output_image=output, task=sample.task,
                                loss_weight=self.prior_loss_weight if prior else 1.0, is_prior=prior,
-                               cfg_dropped=dropped, url=url, meta=dict(sample.meta))
+                               cfg_dropped=dropped, url=url, meta=dict(sample.meta), camera=camera_vec)
 
     # ---------------------------------------------------------------------- batch
 
@@ -262,7 +275,8 @@ def collate_processed(items: Sequence[ProcessedSample], pad_id: int = 0,
     ascending b (diffusers consumes the flat list in that order); ``output_images``
     (B, 3, H, W); ``loss_weight`` (B,) float; ``is_prior``, ``cfg_dropped`` (B,) bool;
     ``padding``, ``text_lengths`` (B,) long; ``order`` (B,) long; ``keys``, ``tasks`` lists;
-    ``output_size`` (H, W); ``num_output_tokens`` N.
+    ``output_size`` (H, W); ``num_output_tokens`` N.  Only when some item has a camera:
+    ``camera`` (B, 11) float (zeros for rows without) and ``has_camera`` (B,) bool.
     """
     if not items:
         raise ValueError("cannot collate an empty batch")
@@ -289,7 +303,7 @@ def collate_processed(items: Sequence[ProcessedSample], pad_id: int = 0,
         if it.image_spans:
             input_image_sizes[b] = [[pad + s, pad + e] for s, e in it.image_spans]
             input_images.extend(img.unsqueeze(0) for img in it.input_images)
-    return {
+    batch = {
         "input_ids": input_ids,
         "attention_mask": build_attention_mask(padding, [it.image_spans for it in ordered], text_len,
                                                n_out, dtype=mask_dtype),
@@ -308,3 +322,8 @@ def collate_processed(items: Sequence[ProcessedSample], pad_id: int = 0,
         "output_size": (height, width),
         "num_output_tokens": n_out,
     }
+    if any(it.camera is not None for it in ordered):
+        batch["camera"] = torch.stack([torch.zeros(11) if it.camera is None else it.camera.float().reshape(11)
+                                       for it in ordered])
+        batch["has_camera"] = torch.tensor([it.camera is not None for it in ordered], dtype=torch.bool)
+    return batch

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -93,23 +93,52 @@ def _options(n_train, n_val, image_sizes, seed, maxcount, edit_fraction) -> dict
             "generator_version": GENERATOR_VERSION}
 
 
-def _existing_options(out_dir: str) -> dict[str, Any] | None:
-    """Options of a complete synthetic set in out_dir, None if absent; raises if not ours."""
+def _existing_options(out_dir: str, source: str = SOURCE) -> dict[str, Any] | None:
+    """Options of a complete generated set of ``source`` in out_dir, None if absent; raises if not ours."""
     stamp = os.path.join(out_dir, _STAMP)
     if not os.path.exists(out_dir):
         return None
     if not os.path.isfile(stamp):
         if os.listdir(out_dir):
-            raise FileExistsError(f"{out_dir!r} exists and is not a deft_omni synthetic data set; "
+            raise FileExistsError(f"{out_dir!r} exists and is not a deft_omni synthetic data set ({source}); "
                                   "pass another out_dir")
         return None
     with open(stamp, encoding="utf-8") as fh:
         info = json.load(fh)
-    if info.get("source") != SOURCE:
-        raise FileExistsError(f"{out_dir!r} holds something else than the synthetic data set")
+    if info.get("source") != source:
+        raise FileExistsError(f"{out_dir!r} holds {info.get('source')!r}, not the {source} data set")
     for split in SPLITS:  # Also proves the manifests are intact.
         read_manifest(os.path.join(out_dir, split))
     return info["options"]
+
+
+def write_generated_set(out_dir: str, source: str, options: dict[str, Any], counts: dict[str, int],
+                        make: Callable[[int, str], dict[str, Any]], maxcount: int) -> dict[str, str]:
+    """Write (or reuse, when ``options`` match) ``out_dir/{train,val}`` of ``make(index, split)``.
+
+    The set is a pure function of ``options``: it is written into a temporary folder and renamed
+    into place, so concurrent ranks never see half a set and the first one to finish wins.
+    """
+    out_dir = os.path.abspath(out_dir)
+    paths = {split: os.path.join(out_dir, split) for split in SPLITS}
+    if _existing_options(out_dir, source) == options:
+        return paths
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
+    try:
+        for split in SPLITS:
+            with ShardSetWriter(os.path.join(tmp, split), source=source, prefix=split, maxcount=maxcount,
+                                options={**options, "split": split}) as writer:
+                for i in range(counts[split]):
+                    writer.write(make(i, split))
+        with open(os.path.join(tmp, _STAMP), "w", encoding="utf-8") as fh:
+            json.dump({"source": source, "options": options}, fh, indent=1, sort_keys=True)
+        _install(tmp, out_dir, source, options)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return paths
 
 
 def make_synthetic_shards(out_dir: str, n_train: int = 512, n_val: int = 64,
@@ -125,41 +154,23 @@ def make_synthetic_shards(out_dir: str, n_train: int = 512, n_val: int = 64,
         raise ValueError(f"image_sizes must be non-empty (H, W) multiples of 16, got {list(image_sizes)}")
     if n_train < 1 or n_val < 0:
         raise ValueError("need n_train >= 1 and n_val >= 0")
-    out_dir = os.path.abspath(out_dir)
-    paths = {split: os.path.join(out_dir, split) for split in SPLITS}
     options = _options(n_train, n_val, image_sizes, seed, maxcount, edit_fraction)
-    if _existing_options(out_dir) == options:
-        return paths
-
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
-    try:
-        for split, count in (("train", n_train), ("val", n_val)):
-            with ShardSetWriter(os.path.join(tmp, split), source=SOURCE, prefix=split, maxcount=maxcount,
-                                options={**options, "split": split}) as writer:
-                for i in range(count):
-                    writer.write(synthetic_sample(i, split, seed, image_sizes, edit_fraction))
-        with open(os.path.join(tmp, _STAMP), "w", encoding="utf-8") as fh:
-            json.dump({"source": SOURCE, "options": options}, fh, indent=1, sort_keys=True)
-        _install(tmp, out_dir, options)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-    return paths
+    return write_generated_set(out_dir, SOURCE, options, {"train": n_train, "val": n_val},
+                               lambda i, split: synthetic_sample(i, split, seed, image_sizes, edit_fraction),
+                               maxcount)
 
 
-def _install(tmp: str, out_dir: str, options: dict[str, Any]) -> None:
+def _install(tmp: str, out_dir: str, source: str, options: dict[str, Any]) -> None:
     """Rename the finished set into place; an existing set with other options is replaced."""
     old = None
-    if os.path.exists(out_dir) and _existing_options(out_dir) not in (None, options):
+    if os.path.exists(out_dir) and _existing_options(out_dir, source) not in (None, options):
         old = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=f".{os.path.basename(out_dir)}.old-")
         os.rename(out_dir, os.path.join(old, "set"))
     try:
         os.rename(tmp, out_dir)
     except OSError:
         # Another process (e.g. another rank) installed its copy first: fine if identical.
-        if _existing_options(out_dir) != options:
+        if _existing_options(out_dir, source) != options:
             raise
     finally:
         if old is not None:

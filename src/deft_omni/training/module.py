@@ -16,7 +16,10 @@ What it holds and why:
   across runs;
 * adapter-only checkpoints: ``on_save_checkpoint`` keeps only the adapter tensors (+ EMA) and
   rewrites the train loader's state from the step count (Lightning prefetches one batch);
-  ``on_load_checkpoint`` refuses a checkpoint whose adapter keys differ from this model's.
+  ``on_load_checkpoint`` refuses a checkpoint whose adapter keys differ from this model's;
+* camera conditioning (``camera``, :mod:`deft_omni.camera`): in ``embed`` mode a
+  :class:`CameraEncoder` (registered, fp32, its own param group, in checkpoints, EMA and the
+  adapter folder) feeds the camera token's embedding through a hook on ``embed_tokens``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,18 @@ import torch
 from lightning.fabric.utilities.types import _Stateful
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ..adapters import AdapterConfig, adapter_parameters, inject_adapter, param_groups, save_adapter
+from ..adapters import (
+    AdapterConfig,
+    adapter_parameters,
+    inject_adapter,
+    param_groups,
+    save_adapter,
+)
+from ..camera.conditioning import CameraConditioning, resolve_token_id
+from ..camera.config import CameraConfig
+from ..camera.encoder import CameraEmbedHook, CameraEncoder
+from ..camera.frame import SceneFrame
+from ..camera.io import CameraBundle, save_camera_files
 from ..data._seeding import derive_seed
 from ..model import OmniGenParts, ensure_tiny_omnigen, load_omnigen
 from .loss import (
@@ -192,12 +206,15 @@ class DeftOmniModule(pl.LightningModule):
     Arguments take the dataclasses above or plain mappings (Hydra/OmegaConf configs included).
     ``parts``: already loaded OmniGen parts (else loaded from ``model.path``); the adapter is
     injected into ``parts.transformer`` in place.  ``cache_latents``: keep VAE posteriors per
-    (sample key, image, size) on the device (small data sets only).
+    (sample key, image, size) on the device (small data sets only).  ``camera``: a
+    :class:`CameraConfig` or mapping; ``camera_frame``: the training set's :class:`SceneFrame`
+    (identity when None); ``camera_instruction``: the training instruction, saved for generation.
     """
 
     def __init__(self, model: Any = None, adapter: Any = None, optim: Any = None, loss: Any = None,
                  ema: Any = None, cache_latents: bool = False, parts: Optional[OmniGenParts] = None,
-                 verbose: bool = True) -> None:
+                 verbose: bool = True, camera: Any = None, camera_frame: Optional[SceneFrame] = None,
+                 camera_instruction: str = "") -> None:
         super().__init__()
         self.model_cfg: ModelConfig = _coerce(ModelConfig, model)
         if adapter is None:
@@ -235,6 +252,7 @@ class DeftOmniModule(pl.LightningModule):
                 rank_zero_info("gradient checkpointing requested but the transformer does not support it")
         self._adapter_param_names = [n for n, _ in adapter_parameters(self.transformer, self.adapter_name)]
         self._ckpt_keys = [f"transformer.{n}" for n in self._adapter_param_names]
+        self._setup_camera(CameraConfig.from_any(camera), camera_frame, camera_instruction)
         self.check_trainable()
 
         self.latent_encoder = LatentEncoder(cache=cache_latents)
@@ -245,6 +263,39 @@ class DeftOmniModule(pl.LightningModule):
         self.strict_loading = False  # checkpoints hold adapter tensors only; keys are checked below
         self.save_hyperparameters(self.config_dict())
 
+    # ------------------------------------------------------------------------- camera
+    def _setup_camera(self, cfg: CameraConfig, frame: Optional[SceneFrame], instruction: str) -> None:
+        """Camera token id and conditioning (text/embed); in embed mode the encoder and its hook."""
+        self.camera_cfg, self.camera_instruction = cfg, str(instruction)
+        self.camera_conditioning: Optional[CameraConditioning] = None
+        self.camera_encoder: Optional[CameraEncoder] = None
+        self.camera_hook: Optional[CameraEmbedHook] = None
+        if not cfg.enabled:
+            return
+        embed = self.transformer.embed_tokens
+        token_id = resolve_token_id(self.tokenizer, cfg, int(embed.num_embeddings))
+        self.camera_conditioning = CameraConditioning(cfg, frame or SceneFrame(), token_id)
+        if cfg.mode == "embed":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed(int(self.model_cfg.init_seed), "camera-encoder", self.adapter_name))
+                self.camera_encoder = CameraEncoder(int(embed.embedding_dim), cfg.encoder_width, cfg.num_frequencies,
+                                                    rays=cfg.rays)
+            self.camera_encoder.to(embed.weight.device)
+            self.camera_hook = CameraEmbedHook(self.camera_encoder, token_id).attach(self.transformer)
+            self._ckpt_keys += [f"camera_encoder.{n}" for n, _ in self.camera_encoder.named_parameters()]
+
+    def camera_scope(self, batch: Mapping[str, Any]) -> contextlib.AbstractContextManager:
+        """Inside it, the embed hook sees this batch's camera vectors (a no-op otherwise)."""
+        if self.camera_hook is None:
+            return contextlib.nullcontext()
+        return self.camera_hook.cameras(batch.get("camera"), batch.get("has_camera"))
+
+    def camera_bundle(self) -> Optional[CameraBundle]:
+        cond = self.camera_conditioning
+        if cond is None:
+            return None
+        return CameraBundle(self.camera_cfg, cond.frame, cond.token_id, self.camera_instruction, self.camera_encoder)
+
     # ------------------------------------------------------------------------ helpers
     @property
     def vae(self):
@@ -252,13 +303,27 @@ class DeftOmniModule(pl.LightningModule):
 
     def config_dict(self) -> dict[str, Any]:
         """All settings as plain data (logged as hyper-parameters; weights_only-safe)."""
-        return {"model": asdict(self.model_cfg), "adapter": self.adapter_cfg.to_dict(),
-                "optim": asdict(self.optim_cfg), "loss": asdict(self.loss_cfg), "ema": asdict(self.ema_cfg),
-                "cache_latents": self.latent_encoder.cache_enabled}
+        out = {"model": asdict(self.model_cfg), "adapter": self.adapter_cfg.to_dict(),
+               "optim": asdict(self.optim_cfg), "loss": asdict(self.loss_cfg), "ema": asdict(self.ema_cfg),
+               "cache_latents": self.latent_encoder.cache_enabled}
+        if self.camera_cfg.enabled:  # mode none logs exactly what it logged before cameras existed
+            out["camera"] = self.camera_cfg.to_dict()
+        return out
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """name (relative to the transformer) -> adapter parameter."""
         return dict(adapter_parameters(self.transformer, self.adapter_name))
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The adapter parameters plus the camera encoder's (``camera_encoder.*``): what trains."""
+        state = self.adapter_state()
+        if self.camera_encoder is not None:
+            state.update({f"camera_encoder.{n}": p for n, p in self.camera_encoder.named_parameters()})
+        return state
+
+    @property
+    def trainable_parameter_count(self) -> int:
+        return int(sum(p.numel() for p in self.trainable_state().values()))
 
     def check_trainable(self) -> None:
         """Only this adapter's parameters may require grad; raises otherwise."""
@@ -266,6 +331,8 @@ class DeftOmniModule(pl.LightningModule):
         expected = set(self._adapter_param_names)
         extra, missing = sorted(trainable - expected), sorted(expected - trainable)
         vae_trainable = [n for n, p in self.vae.named_parameters() if p.requires_grad]
+        if self.camera_encoder is not None:
+            missing += [f"camera_encoder.{n}" for n, p in self.camera_encoder.named_parameters() if not p.requires_grad]
         if extra or missing or vae_trainable:
             raise RuntimeError(f"trainable parameters must be exactly adapter {self.adapter_name!r}'s: "
                                f"unexpected trainable {(extra + vae_trainable)[:5]}, frozen adapter "
@@ -301,8 +368,9 @@ class DeftOmniModule(pl.LightningModule):
         t = sample_t(bsz, self.loss_cfg, generator, self.device)
         x1, inputs = self.encode_batch(batch, self.loss_cfg.latent_mode, generator)
         noise = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
-        return flow_matching_loss(self.transformer, x1, model_kwargs(batch, inputs), noise=noise, t=t,
-                                  loss_weight=batch["loss_weight"].to(self.device))
+        with self.camera_scope(batch):
+            return flow_matching_loss(self.transformer, x1, model_kwargs(batch, inputs), noise=noise, t=t,
+                                      loss_weight=batch["loss_weight"].to(self.device))
 
     @torch.no_grad()
     def validation_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,9 +381,10 @@ class DeftOmniModule(pl.LightningModule):
         self.transformer.eval()
         try:
             x1, inputs = self.encode_batch(batch, "mean")
-            return validation_flow_loss(self.transformer, x1, model_kwargs(batch, inputs), batch["keys"],
-                                        self.loss_cfg.val_t_grid, self.loss_cfg.val_seed,
-                                        loss_weight=batch["loss_weight"].to(self.device))
+            with self.camera_scope(batch):
+                return validation_flow_loss(self.transformer, x1, model_kwargs(batch, inputs), batch["keys"],
+                                            self.loss_cfg.val_t_grid, self.loss_cfg.val_seed,
+                                            loss_weight=batch["loss_weight"].to(self.device))
         finally:
             self.transformer.train(was_training)
 
@@ -335,6 +404,10 @@ class DeftOmniModule(pl.LightningModule):
         trainable, total = self.injection_report.trainable_params, self.injection_report.total_params
         rank_zero_info(f"deft_omni: training {trainable:,} adapter parameters of {total:,} "
                        f"({100.0 * trainable / max(total, 1):.4f}%)")
+        if self.camera_encoder is not None:
+            n_cam = sum(p.numel() for p in self.camera_encoder.parameters())
+            rank_zero_info(f"deft_omni: + {n_cam:,} camera encoder parameters (camera.mode=embed); "
+                           f"{self.trainable_parameter_count:,} trainable in all")
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         if self._perf.get("t_first") is None:
@@ -358,7 +431,7 @@ class DeftOmniModule(pl.LightningModule):
         return out.loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad.detach().float().norm() for p in self.adapter_state().values() if p.grad is not None]
+        grads = [p.grad.detach().float().norm() for p in self.trainable_state().values() if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros((), device=self.device)
         if not torch.isfinite(norm):
             precision = str(getattr(self.trainer, "precision", ""))
@@ -391,6 +464,10 @@ class DeftOmniModule(pl.LightningModule):
         cfg = self.optim_cfg
         groups = param_groups(self.transformer, cfg.lr, adapter_name=self.adapter_name,
                               p_lr_ratio=cfg.p_lr_ratio, weight_decay=cfg.weight_decay)
+        if self.camera_encoder is not None:
+            groups = list(groups) + [{"params": list(self.camera_encoder.parameters()), "name": "camera",
+                                      "lr": cfg.lr * float(self.camera_cfg.lr_ratio),
+                                      "weight_decay": cfg.weight_decay}]
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                                       weight_decay=cfg.weight_decay)
         total = cfg.total_steps
@@ -409,7 +486,7 @@ class DeftOmniModule(pl.LightningModule):
     def update_ema(self) -> None:
         if not self.ema_cfg.enabled:
             return
-        params = self.adapter_state()
+        params = self.trainable_state()
         if self._ema is None:
             self._ema = {n: p.detach().float().clone() for n, p in params.items()}
             self._ema_updates = 0
@@ -440,6 +517,10 @@ class DeftOmniModule(pl.LightningModule):
             "ema": None if self._ema is None else {"updates": int(self._ema_updates),
                                                     "tensors": {n: t.detach().cpu() for n, t in self._ema.items()}},
         }
+        if self.camera_conditioning is not None:
+            checkpoint["deft_omni"]["camera"] = {"config": self.camera_cfg.to_dict(),
+                                                 "frame": self.camera_conditioning.frame.to_dict(),
+                                                 "token_id": self.camera_conditioning.token_id}
         self._rewrite_loader_states(checkpoint)
 
     def _rewrite_loader_states(self, checkpoint: dict[str, Any]) -> None:
@@ -469,6 +550,10 @@ class DeftOmniModule(pl.LightningModule):
             if getattr(saved_cfg, name) != getattr(ours, name):
                 raise ValueError(f"checkpoint adapter {name}={getattr(saved_cfg, name)!r} but this run has "
                                  f"{getattr(ours, name)!r}: resume with the same adapter settings")
+        saved_mode = (meta.get("camera") or {}).get("config", {}).get("mode", "none")
+        if saved_mode != self.camera_cfg.mode:
+            raise ValueError(f"checkpoint camera.mode={saved_mode!r} but this run has {self.camera_cfg.mode!r}: "
+                             "resume with the same camera settings")
         keys = set(checkpoint.get("state_dict", {}))
         if keys != set(self._ckpt_keys):
             extra, missing = sorted(keys - set(self._ckpt_keys)), sorted(set(self._ckpt_keys) - keys)
@@ -499,11 +584,16 @@ class DeftOmniModule(pl.LightningModule):
         try:
             staged = tmp_root / path.name
             save_adapter(self.transformer, staged, self.adapter_name, extra=info)
+            bundle = self.camera_bundle()
+            if bundle is not None:
+                save_camera_files(staged, bundle)
             if self._ema is not None:
                 with self.swapped_in_ema():
                     ema_info = {"training": {**info["training"], "ema": True, "ema_decay": self.ema_cfg.decay,
                                              "ema_updates": int(self._ema_updates)}}
                     save_adapter(self.transformer, staged / EMA_FOLDER, self.adapter_name, extra=ema_info)
+                    if bundle is not None:
+                        save_camera_files(staged / EMA_FOLDER, bundle)
             if path.exists():
                 old = tmp_root / ".old"
                 path.rename(old)
@@ -517,7 +607,7 @@ class DeftOmniModule(pl.LightningModule):
         """Inside the block the adapter parameters hold the EMA weights; restored on exit."""
         if self._ema is None:
             raise RuntimeError("no EMA weights (EMA disabled or no optimizer step yet)")
-        params = self.adapter_state()
+        params = self.trainable_state()
         saved = {n: p.detach().clone() for n, p in params.items()}
         try:
             with torch.no_grad():

@@ -1,0 +1,69 @@
+"""`CameraSampleCallback`: progress renders of a few training cameras (camera.mode text/embed).
+
+The generic sample callback renders plain prompts, which carry no camera; this one renders the
+training instruction + each chosen camera through the module's own camera conditioning, as a
+grid in ``<out>/camera_samples/step_XXXXXX.png`` (the real image's camera, not the image).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from .render import CameraRenderer, key_from_dict
+
+
+def spread(items: Sequence, n: int) -> list:
+    """``n`` items evenly spread over ``items`` (all of them when fewer)."""
+    if n >= len(items):
+        return list(items)
+    return [items[round(i * (len(items) - 1) / max(n - 1, 1))] for i in range(n)]
+
+
+class CameraSampleCallback(pl.Callback):
+    def __init__(self, dirpath: str | Path, cameras: Sequence[dict], every_n_steps: int = 500, size: int = 32,
+                 num_steps: int = 8) -> None:
+        self.dirpath, self.cameras = Path(dirpath), list(cameras)
+        self.every_n_steps, self.size, self.num_steps = int(every_n_steps), int(size), int(num_steps)
+        self._last = -1
+
+    def render(self, pl_module) -> object:
+        from ..generation.sampler import make_grid, tensor_to_pil
+
+        bundle = pl_module.camera_bundle()
+        renderer = CameraRenderer(pl_module.transformer, pl_module.vae, pl_module.tokenizer, bundle,
+                                  pl_module.camera_hook, max_image_side=self.size)
+        was_training = pl_module.transformer.training
+        pl_module.transformer.eval()
+        try:
+            with torch.autocast(device_type=pl_module.device.type, enabled=False):
+                row = [tensor_to_pil(renderer.render(key_from_dict(c, f"view {i}").vector(bundle.frame),
+                                                     height=self.size, width=self.size, num_steps=self.num_steps,
+                                                     seed=i))
+                       for i, c in enumerate(self.cameras)]
+        finally:
+            pl_module.transformer.train(was_training)
+        return make_grid([row], [bundle.instruction + " (training cameras)"])
+
+    def _save(self, trainer: pl.Trainer, pl_module) -> None:
+        step = int(trainer.global_step)
+        if not trainer.is_global_zero or step == self._last:
+            return
+        self._last = step
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        path = self.dirpath / f"step_{step:06d}.png"
+        tmp = path.with_name(f".{path.name}.tmp")
+        self.render(pl_module).save(tmp, format="PNG")
+        os.replace(tmp, path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = int(trainer.global_step)
+        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0:
+            self._save(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save(trainer, pl_module)

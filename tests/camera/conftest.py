@@ -1,0 +1,26 @@
+"""Fixtures for the camera tests: one thread, the tiny OmniGen, the synthetic camera scene."""
+
+from __future__ import annotations
+
+import pytest
+
+from deft_omni.camera.synthetic import make_camera_scene_shards
+from deft_omni.model import ensure_tiny_omnigen
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_single_process(monkeypatch, one_thread):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir():
+    return ensure_tiny_omnigen()
+
+
+@pytest.fixture(scope="session")
+def scene(tmp_path_factory):
+    """256 train / 16 held-out views of the synthetic scene, 32x32."""
+    return make_camera_scene_shards(str(tmp_path_factory.mktemp("camera") / "scene"), n_train=256, n_val=16)

@@ -59,7 +59,7 @@ def test_train_save_load_render(mode, tmp_path, monkeypatch, capsys):
     assert (renderer.hook is not None) == (mode == "embed")
     out = tmp_path / "render"
     assert main([str(final), "--camera", _cam_arg(0), "--camera", _cam_arg(1), "--frames", "2", "--steps", "2",
-                 "--out", str(out), "--mp4"]) == 0
+                 "--size", "32x32", "--out", str(out), "--mp4"]) == 0
     frames = json.loads((out / "cameras.json").read_text())["frames"]
     assert [f["frame"] for f in frames] == [0, 1] and (out / "frame_001.png").exists() and (out / "path.gif").exists()
     assert frames[0]["vector"] != frames[1]["vector"]

@@ -13,3 +13,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def single_process(monkeypatch):
+    """The loader falls back to RANK/WORLD_SIZE; keep a launcher's values out of the tests."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)

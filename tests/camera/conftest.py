@@ -9,9 +9,7 @@ from deft_omni.model import ensure_tiny_omnigen
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_single_process(monkeypatch, one_thread):
-    monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+def _one_thread_single_process(one_thread, single_process):
     yield
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -89,4 +90,4 @@ def test_render_bad_input(tmp_path, capsys):
     for args, match in cases:
         assert main([str(adapter), *args, "--out", str(tmp_path / "o")]) == 2, args
         err = capsys.readouterr().err
-        assert pytest.importorskip("re").search(match, err), (args, err)
+        assert re.search(match, err), (args, err)

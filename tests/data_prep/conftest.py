@@ -9,10 +9,8 @@ from tests.data._data_helpers import build_tiny_tokenizer
 
 
 @pytest.fixture(autouse=True)
-def _single_process(monkeypatch):
-    """The loader falls back to RANK/WORLD_SIZE; keep a launcher's values out of these tests."""
-    monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+def _single_process(single_process):
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from deft_omni.data import make_synthetic_shards
 from deft_omni.model import ensure_tiny_omnigen
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_single_process(monkeypatch):
-    """Tiny models run fastest on one thread (and the CPU is shared); no launcher's rank env."""
-    monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_single_process(one_thread, single_process):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

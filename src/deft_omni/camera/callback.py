@@ -7,13 +7,12 @@ grid in ``<out>/camera_samples/step_XXXXXX.png`` (the real image's camera, not t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 
+from ..training.callbacks import PeriodicGridCallback
 from .render import CameraRenderer, key_from_dict
 
 
@@ -24,12 +23,12 @@ def spread(items: Sequence, n: int) -> list:
     return [items[round(i * (len(items) - 1) / max(n - 1, 1))] for i in range(n)]
 
 
-class CameraSampleCallback(pl.Callback):
+class CameraSampleCallback(PeriodicGridCallback):
     def __init__(self, dirpath: str | Path, cameras: Sequence[dict], every_n_steps: int = 500, size: int = 32,
                  num_steps: int = 8) -> None:
-        self.dirpath, self.cameras = Path(dirpath), list(cameras)
-        self.every_n_steps, self.size, self.num_steps = int(every_n_steps), int(size), int(num_steps)
-        self._last = -1
+        super().__init__(dirpath, every_n_steps)
+        self.cameras = list(cameras)
+        self.size, self.num_steps = int(size), int(num_steps)
 
     def render(self, pl_module) -> object:
         from ..generation.sampler import make_grid, tensor_to_pil
@@ -48,22 +47,3 @@ class CameraSampleCallback(pl.Callback):
         finally:
             pl_module.transformer.train(was_training)
         return make_grid([row], [bundle.instruction + " (training cameras)"])
-
-    def _save(self, trainer: pl.Trainer, pl_module) -> None:
-        step = int(trainer.global_step)
-        if not trainer.is_global_zero or step == self._last:
-            return
-        self._last = step
-        self.dirpath.mkdir(parents=True, exist_ok=True)
-        path = self.dirpath / f"step_{step:06d}.png"
-        tmp = path.with_name(f".{path.name}.tmp")
-        self.render(pl_module).save(tmp, format="PNG")
-        os.replace(tmp, path)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = int(trainer.global_step)
-        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0:
-            self._save(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._save(trainer, pl_module)

@@ -83,20 +83,10 @@ def load_input_image(img: ImageLike, processor: OmniGenTrainProcessor, name: str
 def build_guidance_batch(processor: OmniGenTrainProcessor, instruction: str, images: Sequence[torch.Tensor],
                          height: int, width: int, negative_prompt: str = CFG_INSTRUCTION,
                          use_img_cfg: bool = True) -> tuple[dict[str, Any], int]:
-    """Collated [cond, uncond(, image-only cond)] batch; returns (batch, number of branches)."""
-    blank = torch.zeros(3, height, width)
-    sizes = [tuple(int(s) for s in im.shape[-2:]) for im in images]
-    specs: list[tuple[str, str, list[torch.Tensor]]] = [("cond", instruction, list(images)),
-                                                       ("uncond", negative_prompt, [])]
-    if images and use_img_cfg:
-        tags = " ".join(f"<img><|image_{i + 1}|></img>" for i in range(len(images)))
-        specs.append(("img_cond", tags, list(images)))
-    items = []
-    for key, text, imgs in specs:
-        ids, spans = processor.tokenize(text, sizes[:len(imgs)] if imgs else [], key=key)
-        items.append(ProcessedSample(key=key, input_ids=ids, image_spans=spans, input_images=imgs,
-                                     output_image=blank))
-    return collate_processed(items, pad_id=processor.pad_id, mask_dtype=processor.mask_dtype), len(items)
+    """Collated [cond, uncond(, image-only cond)] batch of one prompt; returns (batch, number of branches)."""
+    prompt = SamplePrompt(instruction=instruction, height=height, width=width)
+    batch, owner, _ = _stack_guidance_rows(processor, [prompt], [list(images)], negative_prompt, use_img_cfg)
+    return batch, len(owner)
 
 
 def _stack_guidance_rows(processor: OmniGenTrainProcessor, prompts: Sequence[SamplePrompt],

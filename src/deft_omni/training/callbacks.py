@@ -45,44 +45,22 @@ def _as_prompt(p: Any) -> SamplePrompt:
     return SamplePrompt(**dict(p))
 
 
-class SampleGridCallback(Callback):
-    """Every ``every_n_steps`` optimizer steps (and at the end with ``at_end``), render ``prompts``
-    into ``dirpath/step_XXXXXX.png``.  Rank zero only; the transformer is put in eval mode and
-    restored afterwards.  ``prompts``: :class:`SamplePrompt` objects, mappings of its fields, or
-    plain instruction strings."""
+class PeriodicGridCallback(Callback):
+    """Every ``every_n_steps`` optimizer steps (and at the end with ``at_end``) write the image
+    that :meth:`render` makes into ``dirpath/step_XXXXXX.png``, atomically, on rank zero only."""
 
-    def __init__(self, dirpath: Union[str, Path], prompts: Sequence[Any], every_n_steps: int = 500,
-                 num_steps: int = 8, max_image_side: int = 1024, negative_prompt: str = CFG_INSTRUCTION,
-                 at_start: bool = False, at_end: bool = True, cell: int = 96) -> None:
+    def __init__(self, dirpath: Union[str, Path], every_n_steps: int = 500, at_start: bool = False,
+                 at_end: bool = True) -> None:
         super().__init__()
         self.dirpath = Path(dirpath)
-        self.prompts = [_as_prompt(p) for p in prompts]
-        if not self.prompts:
-            raise ValueError("SampleGridCallback needs at least one prompt")
-        self.every_n_steps, self.num_steps = int(every_n_steps), int(num_steps)
-        self.max_image_side, self.negative_prompt = int(max_image_side), negative_prompt
-        self.at_start, self.at_end, self.cell = at_start, at_end, int(cell)
+        self.every_n_steps = int(every_n_steps)
+        self.at_start, self.at_end = at_start, at_end
         self._last_step = -1
         self.written: list[Path] = []
 
     def render(self, pl_module: pl.LightningModule) -> Any:
-        """The grid (a PIL image) for the current adapter weights."""
-        transformer, vae = pl_module.transformer, pl_module.vae
-        processor = OmniGenTrainProcessor(pl_module.tokenizer, max_image_side=self.max_image_side, cfg_dropout=0.0)
-        was_training = transformer.training
-        transformer.eval()
-        rows, captions = [], []
-        try:
-            with torch.no_grad(), torch.autocast(device_type=pl_module.device.type, enabled=False):
-                for prompt in self.prompts:
-                    img = generate_image(transformer, vae, processor, prompt, self.num_steps, self.negative_prompt)
-                    inputs = [tensor_to_pil(load_input_image(im, processor, f"input_{i + 1}"))
-                              for i, im in enumerate(prompt.input_images)]
-                    rows.append([*inputs, tensor_to_pil(img)])
-                    captions.append(prompt.instruction)
-        finally:
-            transformer.train(was_training)
-        return make_grid(rows, captions, cell=self.cell)
+        """The image (PIL) for the current weights."""
+        raise NotImplementedError
 
     def save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> Optional[Path]:
         if not trainer.is_global_zero:
@@ -112,6 +90,42 @@ class SampleGridCallback(Callback):
         if self.at_end and int(trainer.global_step) != self._last_step:
             self.save(trainer, pl_module, step_dir_name(trainer.global_step))
             self._last_step = int(trainer.global_step)
+
+
+class SampleGridCallback(PeriodicGridCallback):
+    """Sample grids of ``prompts`` (:class:`SamplePrompt` objects, mappings of its fields, or plain
+    instruction strings), one row per prompt with its input images.  The transformer is put in
+    eval mode and restored afterwards."""
+
+    def __init__(self, dirpath: Union[str, Path], prompts: Sequence[Any], every_n_steps: int = 500,
+                 num_steps: int = 8, max_image_side: int = 1024, negative_prompt: str = CFG_INSTRUCTION,
+                 at_start: bool = False, at_end: bool = True, cell: int = 96) -> None:
+        super().__init__(dirpath, every_n_steps, at_start, at_end)
+        self.prompts = [_as_prompt(p) for p in prompts]
+        if not self.prompts:
+            raise ValueError("SampleGridCallback needs at least one prompt")
+        self.num_steps = int(num_steps)
+        self.max_image_side, self.negative_prompt = int(max_image_side), negative_prompt
+        self.cell = int(cell)
+
+    def render(self, pl_module: pl.LightningModule) -> Any:
+        """The grid (a PIL image) for the current adapter weights."""
+        transformer, vae = pl_module.transformer, pl_module.vae
+        processor = OmniGenTrainProcessor(pl_module.tokenizer, max_image_side=self.max_image_side, cfg_dropout=0.0)
+        was_training = transformer.training
+        transformer.eval()
+        rows, captions = [], []
+        try:
+            with torch.no_grad(), torch.autocast(device_type=pl_module.device.type, enabled=False):
+                for prompt in self.prompts:
+                    img = generate_image(transformer, vae, processor, prompt, self.num_steps, self.negative_prompt)
+                    inputs = [tensor_to_pil(load_input_image(im, processor, f"input_{i + 1}"))
+                              for i, im in enumerate(prompt.input_images)]
+                    rows.append([*inputs, tensor_to_pil(img)])
+                    captions.append(prompt.instruction)
+        finally:
+            transformer.train(was_training)
+        return make_grid(rows, captions, cell=self.cell)
 
 
 def smooth(values: Sequence[float], beta: float = 0.9) -> list[float]:

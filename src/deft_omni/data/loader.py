@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from ._seeding import derive_seed
+from ..core.seeding import derive_seed
 from .processor import OmniGenTrainProcessor, ProcessedSample
 from .schema import SampleError, ShardSet, parse_sample
 

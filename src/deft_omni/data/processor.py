@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._seeding import derive_seed
+from ..core.seeding import derive_seed
 from .schema import Sample, SampleError, check_image_tags, to_rgb
 
 PROMPT_PREFIX = "<|user|>\nGenerate an image according to the following instructions\n"

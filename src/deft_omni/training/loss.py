@@ -32,7 +32,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..data._seeding import derive_seed
+from ..core.seeding import derive_seed
 
 T_SAMPLINGS = ("sigmoid_normal", "uniform")
 LATENT_MODES = ("sample", "mean")

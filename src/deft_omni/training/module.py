@@ -54,7 +54,7 @@ from ..camera.config import CameraConfig
 from ..camera.encoder import CameraEmbedHook, CameraEncoder
 from ..camera.frame import SceneFrame
 from ..camera.io import CameraBundle, save_camera_files
-from ..data._seeding import derive_seed
+from ..core.seeding import derive_seed
 from ..model import OmniGenParts, ensure_tiny_omnigen, load_omnigen
 from .loss import (
     FlowLossOutput,

@@ -1,4 +1,4 @@
-"""Stable seed derivation shared by the processor and the loader.
+"""Stable seed derivation (processor, loader, loss, adapter init).
 
 Python's ``hash`` is salted per process, so it cannot give the same seed in a
 DataLoader worker, a resumed run or another rank; a cryptographic digest of the parts'

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from deft_omni.model import build_tiny_tokenizer, ensure_tiny_omnigen
+
 
 @pytest.fixture
 def one_thread():
@@ -20,3 +22,15 @@ def single_process(monkeypatch):
     """The loader falls back to RANK/WORLD_SIZE; keep a launcher's values out of the tests."""
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir():
+    """The tiny random OmniGen (diffusers layout), built once into the cache."""
+    return ensure_tiny_omnigen()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """The tiny model's offline tokenizer."""
+    return build_tiny_tokenizer()

@@ -34,7 +34,32 @@ def test_every_experiment_composes():
         OmegaConf.to_container(cfg.adapter, resolve=True)
 
 
-def test_visualcloze_holds_only_deltas():
+def _leaves(node, prefix=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], node
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_holds_only_deltas(name):
+    """Every value an experiment file sets differs from what its groups already give: a file that
+    restated a default would fail here."""
+    raw = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "experiment" / f"{name}.yaml"))
+    groups = []
+    for entry in raw.pop("defaults", []):
+        (key, value), = entry.items()
+        groups.append(f"{key.removeprefix('override /')}={value}")
+    base = OmegaConf.to_container(_compose(["~experiment", *groups]), resolve=False)
+    for key, value in _leaves(raw):
+        current = base
+        for part in key.split("."):
+            current = current.get(part) if isinstance(current, dict) else None
+        assert value != current, f"experiment/{name}.yaml restates {key}={value!r}, already the default"
+
+
+def test_visualcloze_is_the_papers_run():
     cfg = _compose(["experiment=visualcloze_r32"])
     assert cfg.adapter.rank == 32 and cfg.adapter.decomposition == "qr"
     assert cfg.adapter.fused_groups == [["to_q", "to_k", "to_v"]]

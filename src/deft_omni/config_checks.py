@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from .adapters import AdapterConfig
+from .backbones import is_named_model
 
 
 class ConfigError(ValueError):
@@ -29,8 +30,10 @@ def check_config(cfg: DictConfig) -> None:
         }
         lines = [f"  {k}: {hints.get(k, 'required, no default')}" for k in missing]
         raise ConfigError("missing required values:\n" + "\n".join(lines))
+    adapter = OmegaConf.to_container(cfg.adapter, resolve=True)
     try:
-        AdapterConfig(**OmegaConf.to_container(cfg.adapter, resolve=True))
+        if adapter.get("method") != "full":
+            AdapterConfig(**adapter)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"adapter: {err}") from None
     if cfg.max_steps is None or int(cfg.max_steps) <= 0:
@@ -38,10 +41,13 @@ def check_config(cfg: DictConfig) -> None:
     if int(cfg.data.batch_size) <= 0:
         raise ConfigError(f"data.batch_size must be positive, got {cfg.data.batch_size}")
     path = cfg.model.path
-    if path not in (None, "", "tiny") and not Path(path).exists():
+    if not is_named_model(path, cfg.model.get("family")) and not Path(path).exists():
         raise ConfigError(f"model.path={path!r} does not exist; point it at a local OmniGen folder "
                           f"(hub: Shitao/OmniGen-v1-diffusers or Shitao/OmniGen-v1)")
-    for i, entry in enumerate(cfg.data.train or []):
+    train = cfg.data.train
+    for i, entry in enumerate([train] if isinstance(train, str) else (train or [])):
+        if isinstance(entry, str):
+            entry = {"path": entry}
         if "path" not in entry:
             raise ConfigError(f"data.train[{i}] needs a 'path' (a shard folder with manifest.json)")
         if not Path(entry["path"]).exists():

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Optional
 
 from .adapters import AdapterLoadError
+from .backbones import NamedModelError, is_named_model, resolve_model
+from .core.dtypes import parse_dtype_arg
 from .generation.adapters_spec import parse_adapter_arg
 from .generation.errors import GenerationError
 from .generation.prompts import PromptSpec, prompt_defaults, read_prompts_file
 from .generation.regenerate import settings_from_sidecar
-from .generation.runner import DTYPES, GenerationSettings, run_generation
+from .generation.runner import GenerationSettings, run_generation
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="images of one size per transformer call")
     p.add_argument("--num-images-per-prompt", type=int, default=1, help="images per prompt (consecutive seeds)")
     p.add_argument("--max-input-image-side", type=int, default=1024, help="input images are fitted to this side")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="transformer dtype (the VAE stays fp32)")
+    p.add_argument("--dtype", type=parse_dtype_arg, default="float32",
+                   help="transformer dtype: fp32, bf16, fp16 or their long names (the VAE stays fp32)")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--out", type=Path, help="output folder")
     p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
@@ -82,6 +85,13 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
         grid=not args.no_grid, progress=not args.no_progress)
 
 
+def _resolved(settings: GenerationSettings) -> GenerationSettings:
+    """Named models (tiny, world) become their folders here, once, through the backbone registry."""
+    if is_named_model(settings.model, "omnigen"):
+        settings.model_path = resolve_model(settings.model, "omnigen")[1]
+    return settings
+
+
 def main(argv: Optional[list[str]] = None) -> list[Path]:
     """Run the command; returns the written PNG paths.  Bad input exits with status 2 and one message."""
     parser = build_parser()
@@ -96,12 +106,12 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
                              "only --out, --model and --device may be given with it")
             settings, job = settings_from_sidecar(args.from_sidecar, args.out, args.model, args.device,
                                                   progress=not args.no_progress)
-            paths = run_generation(settings, [job], argv=command)
+            paths = run_generation(_resolved(settings), [job], argv=command)
             print(f"wrote {paths[0]}")
             return paths
         settings = settings_from_args(args, parser)
-        paths = run_generation(settings, argv=command)
-    except (GenerationError, AdapterLoadError) as err:
+        paths = run_generation(_resolved(settings), argv=command)
+    except (GenerationError, AdapterLoadError, NamedModelError) as err:
         parser.exit(2, f"error: {err}\n")
     print(f"wrote {len(paths)} image(s) to {settings.out}" + (" (+ grid.png)" if settings.grid else ""))
     print("regenerate one with: python -m deft_omni.generate --from-sidecar "

@@ -1,7 +1,7 @@
 """What did an adapter learn?  Per adapted weight: ||dW||/||W0||, effective rank, principal angles.
 
     python -m deft_omni.inspect <adapter-dir> [--base /path/to/OmniGen-v1 | tiny] [--out DIR]
-        [--dtype float32|bfloat16] [--k 32] [--oversample 10] [--niter 4] [--exact]
+        [--dtype fp32|bf16|...] [--k 32] [--oversample 10] [--niter 4] [--exact]
         [--layer UNIT|MODULE|INDEX] [--directions delta|w0] [--columns 256] [--dry-run]
 
 Writes inspect.csv, inspect.md, heatmap_*.png (layers x modules) and displacement.png (the

@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from .core.atomic import atomic_file, write_text
+from .reporting.folders import collect_sweep_jobs as collect
 
 COLUMNS = ["job", "overrides", "final_loss", "min_loss", "val_loss", "trainable_params", "steps_per_s",
            "peak_memory_mb", "steps"]
-
-
-def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    rows = []
-    for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
-        overrides_file = job / ".hydra" / "overrides.yaml"
-        overrides = OmegaConf.load(overrides_file) if overrides_file.exists() else []
-        row: dict[str, Any] = {"job": job.name, "overrides": " ".join(overrides)}
-        summary = job / "summary.json"
-        if summary.exists():
-            row.update(json.loads(summary.read_text()))
-        else:
-            row["final_loss"] = "failed"
-        rows.append(row)
-    return rows
 
 
 def _fmt(value: Any) -> str:
@@ -36,13 +23,13 @@ def _fmt(value: Any) -> str:
 
 
 def write_tables(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+    with atomic_file(sweep_dir / "summary.csv", "w") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
-    (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    write_text(sweep_dir / "summary.md", "\n".join(lines) + "\n")
 
 
 class SweepSummary(Callback):

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from deft_omni.backbones import OmniGenBackbone
+from deft_omni.camera.extension import CameraExtension
 from deft_omni.camera.frame import frame_from_shards
 from deft_omni.data import OmniGenTrainProcessor
 from deft_omni.data.processor import collate_processed, image_to_tensor
@@ -39,11 +41,12 @@ def held_out_loss(model_dir, scene, mode, steps=150, batch_size=8, lr=1e-2, seed
     """Train ``steps`` steps with camera.mode=``mode`` and return the held-out validation loss."""
     train, val = read_samples(scene["train"]), read_samples(scene["val"])
     frame, instruction, _ = frame_from_shards([scene["train"]])
-    module = DeftOmniModule(parts=calibrated_parts(model_dir, train), adapter=ADAPTER, optim={"lr": lr},
-                            loss={**LOSS, "seed": seed}, model={"init_seed": seed}, verbose=False,
-                            camera={"mode": mode}, camera_frame=frame, camera_instruction=instruction)
+    camera = [CameraExtension({"mode": mode}, frame, instruction)] if mode != "none" else []
+    module = DeftOmniModule(backbone=OmniGenBackbone(calibrated_parts(model_dir, train)), adapter=ADAPTER,
+                            optim={"lr": lr, "warmup_steps": 0}, loss={**LOSS, "seed": seed},
+                            model={"init_seed": seed}, verbose=False, extensions=camera)
     proc = OmniGenTrainProcessor(module.tokenizer, max_image_side=32, cfg_dropout=0.0,
-                                 camera=module.camera_conditioning)
+                                 conditioners=[c.conditioner() for c in camera])
     items = [proc(s, train=False) for s in train]
     val_batch = collate_processed([proc(s, train=False) for s in val], pad_id=proc.pad_id)
     opt = module.configure_optimizers()["optimizer"]

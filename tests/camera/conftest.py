@@ -1,21 +1,15 @@
-"""Fixtures for the camera tests: one thread, the tiny OmniGen, the synthetic camera scene."""
+"""Fixtures for the camera tests: one thread, the synthetic camera scene."""
 
 from __future__ import annotations
 
 import pytest
 
 from deft_omni.camera.synthetic import make_camera_scene_shards
-from deft_omni.model import ensure_tiny_omnigen
 
 
 @pytest.fixture(autouse=True)
 def _one_thread_single_process(one_thread, single_process):
     yield
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir():
-    return ensure_tiny_omnigen()
 
 
 @pytest.fixture(scope="session")

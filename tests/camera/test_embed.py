@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from deft_omni.camera import CameraError
+from deft_omni.camera.extension import CameraExtension
 from deft_omni.camera.frame import frame_from_shards
 from deft_omni.data import OmniGenTrainProcessor
 from deft_omni.data.processor import collate_processed
 from deft_omni.training import DeftOmniModule
-from deft_omni.training.loss import model_kwargs
+from deft_omni.model.latents import omnigen_condition as model_kwargs
 
 from ._runs import read_samples
 
@@ -19,14 +20,15 @@ from ._runs import read_samples
 def setup(tiny_model_dir, scene):
     torch.set_num_threads(1)
     frame, instruction, _ = frame_from_shards([scene["train"]])
+    camera = CameraExtension({"mode": "embed"}, frame, instruction)
     module = DeftOmniModule(model={"path": str(tiny_model_dir)}, adapter={"method": "deft", "rank": 4,
                             "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}, verbose=False,
-                            camera={"mode": "embed"}, camera_frame=frame, camera_instruction=instruction)
+                            extensions=[camera])
     proc = OmniGenTrainProcessor(module.tokenizer, max_image_side=32, cfg_dropout=0.0,
-                                 camera=module.camera_conditioning)
+                                 conditioners=[camera.conditioner()])
     samples = read_samples(scene["val"])[:4]
     batch = collate_processed([proc(s, train=False) for s in samples], pad_id=proc.pad_id)
-    return module, batch
+    return module, camera, batch
 
 
 def _forward(module, batch):
@@ -36,16 +38,16 @@ def _forward(module, batch):
 
 
 def test_gradients_reach_encoder_and_adapter_only(setup):
-    module, batch = setup
+    module, camera, batch = setup
     module.zero_grad(set_to_none=True)
     with torch.no_grad():  # move the zero-init parts off zero so every encoder weight gets a gradient
-        module.camera_encoder.token_mlp[-1].weight.normal_(0, 0.02)
-        module.camera_encoder.ray_gate.fill_(0.1)
+        camera.encoder.token_mlp[-1].weight.normal_(0, 0.02)
+        camera.encoder.ray_gate.fill_(0.1)
     try:
-        with module.camera_scope(batch):
+        with camera.batch_scope(batch):
             _forward(module, batch).pow(2).mean().backward()
         trainable = module.trainable_state()
-        assert any(n.startswith("camera_encoder.") for n in trainable)
+        assert any(n.startswith("extension_modules.camera_encoder.") for n in trainable)
         for name, p in trainable.items():
             assert p.grad is not None and p.grad.abs().sum() > 0, name
         frozen = [n for n, p in module.transformer.named_parameters() if n not in trainable and p.grad is not None]
@@ -56,35 +58,35 @@ def test_gradients_reach_encoder_and_adapter_only(setup):
         assert "camera" in groups
     finally:
         with torch.no_grad():
-            module.camera_encoder.token_mlp[-1].weight.zero_()
-            module.camera_encoder.ray_gate.zero_()
+            camera.encoder.token_mlp[-1].weight.zero_()
+            camera.encoder.ray_gate.zero_()
         module.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()
 def test_init_is_harmless_and_cameras_matter(setup):
-    module, batch = setup
-    with module.camera_scope(batch):
+    module, camera, batch = setup
+    with camera.batch_scope(batch):
         with_camera = _forward(module, batch)
-    module.camera_hook.detach()
+    camera.hook.detach()
     try:
         plain = _forward(module, batch)
     finally:
-        module.camera_hook.attach(module.transformer)
+        camera.hook.attach(module.transformer)
     assert torch.allclose(with_camera, plain, atol=1e-6)  # zero-init: the camera changes nothing yet
-    module.camera_encoder.ray_gate.fill_(0.5)
+    camera.encoder.ray_gate.fill_(0.5)
     try:
-        with module.camera_scope(batch):
+        with camera.batch_scope(batch):
             a = _forward(module, batch)
         other = dict(batch, camera=batch["camera"].flip(0))
-        with module.camera_scope(other):
+        with camera.batch_scope(other):
             b = _forward(module, other)
         assert not torch.allclose(a, b)
     finally:
-        module.camera_encoder.ray_gate.zero_()
+        camera.encoder.ray_gate.zero_()
 
 
 def test_camera_token_without_vectors_is_an_error(setup):
-    module, batch = setup
+    module, camera, batch = setup
     with pytest.raises(CameraError, match="no camera vector was given"):
         _forward(module, batch)

@@ -18,12 +18,11 @@ from deft_omni.camera.synthetic import INSTRUCTION, render, scene_camera
 from deft_omni.data import OmniGenTrainProcessor
 from deft_omni.data.processor import PROMPT_SUFFIX, collate_processed
 from deft_omni.data.schema import Sample
-from deft_omni.model import build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer()
+def tokenizer(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 def _sample(i, camera=True):
@@ -68,7 +67,7 @@ def test_camera_vector_normalises():
 def test_token_is_one_id_in_place(tokenizer):
     cond = _cond(tokenizer, "embed")
     assert cond.token_id == len(tokenizer) == 400  # the tiny tokenizer has no <|camera|>: first free row
-    proc = OmniGenTrainProcessor(tokenizer, max_image_side=32, cfg_dropout=0.0, camera=cond)
+    proc = OmniGenTrainProcessor(tokenizer, max_image_side=32, cfg_dropout=0.0, conditioners=[cond])
     plain = OmniGenTrainProcessor(tokenizer, max_image_side=32, cfg_dropout=0.0)
     item, ref = proc(_sample(1)), plain(_sample(1))
     suffix = list(tokenizer(PROMPT_SUFFIX)["input_ids"])[1:]
@@ -76,33 +75,33 @@ def test_token_is_one_id_in_place(tokenizer):
     pos = item.input_ids.index(cond.token_id)
     assert item.input_ids[pos + 1:] == suffix  # right after the instruction, before the template's end
     assert item.input_ids[:pos] + item.input_ids[pos + 1:] == ref.input_ids  # one id added, nothing else
-    assert torch.allclose(item.camera, torch.tensor(cond.vector(_sample(1).camera, where="t"), dtype=torch.float32))
+    assert torch.allclose(item.extras['camera'], torch.tensor(cond.vector(_sample(1).camera, where="t"), dtype=torch.float32))
     # text mode: token, then the serialised numbers as text
-    tproc = OmniGenTrainProcessor(tokenizer, max_image_side=32, cfg_dropout=0.0, camera=_cond(tokenizer, "text"))
+    tproc = OmniGenTrainProcessor(tokenizer, max_image_side=32, cfg_dropout=0.0, conditioners=[_cond(tokenizer, "text")])
     tid = tproc(_sample(1)).input_ids
     tail = tokenizer.decode(tid[tid.index(cond.token_id) + 1:-len(suffix)])
-    assert np.array_equal(parse(tail), round_vector(item.camera.double().numpy(), CameraConfig(mode="text")))
+    assert np.array_equal(parse(tail), round_vector(item.extras['camera'].double().numpy(), CameraConfig(mode="text")))
     # without a camera, or with the mode off: exactly the plain ids
     assert proc(_sample(2, camera=False)).input_ids == plain(_sample(2)).input_ids
-    assert OmniGenTrainProcessor(tokenizer, max_image_side=32, camera=_cond(tokenizer, "none"))(
+    assert OmniGenTrainProcessor(tokenizer, max_image_side=32, conditioners=[_cond(tokenizer, "none")])(
         _sample(2), train=False).input_ids == plain(_sample(2), train=False).input_ids
 
 
 def test_dropout_drops_camera_and_collate_keeps_rows(tokenizer):
     cond = _cond(tokenizer, "embed")
-    dropped = OmniGenTrainProcessor(tokenizer, max_image_side=32, cfg_dropout=1.0, camera=cond)(_sample(0))
-    assert dropped.cfg_dropped and dropped.camera is None and cond.token_id not in dropped.input_ids
-    proc = OmniGenTrainProcessor(tokenizer, max_image_side=32, cfg_dropout=0.0, camera=cond)
+    dropped = OmniGenTrainProcessor(tokenizer, max_image_side=32, cfg_dropout=1.0, conditioners=[cond])(_sample(0))
+    assert dropped.cfg_dropped and 'camera' not in dropped.extras and cond.token_id not in dropped.input_ids
+    proc = OmniGenTrainProcessor(tokenizer, max_image_side=32, cfg_dropout=0.0, conditioners=[cond])
     items = [proc(_sample(0)), proc(_sample(2, camera=False)), proc(_sample(3))]
     batch = collate_processed(items, pad_id=proc.pad_id)
     order = batch["order"].tolist()
     assert order != [0, 1, 2]  # the collate reordered the rows (longest text first)
     for row, i in enumerate(order):
-        has = items[i].camera is not None
+        has = 'camera' in items[i].extras
         assert bool(batch["has_camera"][row]) == has
         assert bool((batch["input_ids"][row] == cond.token_id).any()) == has
         if has:
-            assert torch.equal(batch["camera"][row], items[i].camera)
+            assert torch.equal(batch["camera"][row], items[i].extras['camera'])
     assert "camera" not in collate_processed([items[1]], pad_id=proc.pad_id)
 
 

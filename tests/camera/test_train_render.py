@@ -52,7 +52,7 @@ def test_train_save_load_render(mode, tmp_path, monkeypatch, capsys):
         trainable_report = summary["trainable_params"]
         assert trainable_report > sum(t.numel() for t in saved.values())  # adapter + encoder counted
         ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-        assert any(k.startswith("camera_encoder.") for k in ckpt["state_dict"])
+        assert any(k.startswith("extension_modules.camera_encoder.") for k in ckpt["state_dict"])
     else:
         assert not (final / ENCODER_FILE).exists() and bundle.encoder is None
 

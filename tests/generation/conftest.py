@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from deft_omni.adapters import AdapterConfig, export_lora, inject_adapter, save_adapter
-from deft_omni.model import build_tiny_transformer, ensure_tiny_omnigen, load_omnigen
+from deft_omni.model import build_tiny_transformer, load_omnigen
 
 TARGETS = r"layers\.\d+\.(self_attn\.(to_q|to_k|to_v|to_out\.0)|mlp\.(gate_up_proj|down_proj))"
 
@@ -18,8 +18,8 @@ def _one_thread(one_thread):
 
 
 @pytest.fixture(scope="session")
-def tiny_dir():
-    return ensure_tiny_omnigen()
+def tiny_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deft_omni.model import save_tiny_omnigen, save_tiny_original_layout
+from fixtures.tiny_original import save_tiny_original_layout
+
+from deft_omni.model import save_tiny_omnigen
 
 
 @pytest.fixture(scope="session")

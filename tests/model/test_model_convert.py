@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from fixtures.tiny_original import tiny_original_config
+
 from deft_omni.model import (
     TINY_TRANSFORMER_CONFIG,
     convert_original_state_dict,
     load_omnigen,
     original_key_map,
-    tiny_original_config,
     transformer_config_from_original,
 )
 
@@ -132,7 +133,7 @@ def test_config_numbers(original):
                 "in_channels", "max_position_embeddings", "original_max_position_embeddings"):
         assert out[key] == TINY_TRANSFORMER_CONFIG[key], key
     assert out["rope_scaling"] == TINY_TRANSFORMER_CONFIG["rope_scaling"]
-    # OmniGen-v1's real numbers (NOTES section 1), with wrapper constants as defaults.
+    # OmniGen-v1's real numbers, with wrapper constants as defaults.
     real = dict(cfg, vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
                 num_attention_heads=32, num_key_value_heads=32, pad_token_id=32000,
                 rope_scaling={"type": "su", "short_factor": [1.1] * 48, "long_factor": [2.0] * 48})
@@ -146,8 +147,32 @@ def test_config_numbers(original):
         transformer_config_from_original({k: v for k, v in real.items() if k != "num_hidden_layers"})
 
 
+def test_rope_settings_in_both_config_forms(original):
+    """The original's top-level rope_scaling/rope_theta, and the rope_parameters dict that
+    transformers >= 5 writes: both give the same transformer config, and the outputs agree."""
+    from transformers import Phi3Config
+
+    factors = {"short_factor": [1.25] * 8, "long_factor": [2.5] * 8}
+    legacy = dict(tiny_original_config(), rope_theta=500000.0, rope_scaling={"type": "su", **factors})
+    saved = Phi3Config(**{k: v for k, v in legacy.items() if k not in ("rope_scaling", "rope_theta")},
+                       rope_parameters={"rope_type": "longrope", "rope_theta": 500000.0,
+                                        "original_max_position_embeddings": 4096, **factors}).to_dict()
+    assert "rope_parameters" in saved and "rope_scaling" not in saved and "rope_theta" not in saved
+    a = transformer_config_from_original(legacy, state_dict=original)
+    b = transformer_config_from_original(saved, state_dict=original)
+    assert a["rope_base"] == b["rope_base"] == 500000.0
+    assert a["rope_scaling"] == b["rope_scaling"] == {"short_factor": [1.25] * 8, "long_factor": [2.5] * 8}
+    plain = dict(saved, rope_parameters={"rope_type": "default", "rope_theta": 20000.0})
+    out = transformer_config_from_original(plain, state_dict=original)
+    assert out["rope_base"] == 20000.0 and out["rope_scaling"]["long_factor"] == [1.0] * 8
+    with pytest.raises(ValueError, match="must agree"):
+        transformer_config_from_original(dict(saved, rope_theta=10000.0), state_dict=original)
+
+
 def test_model_pt_weights_only(tmp_path, parts, monkeypatch):
-    from deft_omni.model import loading, save_tiny_original_layout
+    from fixtures.tiny_original import save_tiny_original_layout
+
+    from deft_omni.model import loading
 
     folder = save_tiny_original_layout(tmp_path / "pt", seed=0, weights_format="pt")
     assert (folder / "model.pt").is_file() and not (folder / "model.safetensors").exists()

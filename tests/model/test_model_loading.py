@@ -70,6 +70,30 @@ def test_missing_original_weights(tiny_original_dir, tmp_path):
     assert f"huggingface-cli download {HUB_ORIGINAL} --local-dir {folder}" in msg
 
 
+def test_missing_tensor_is_named_by_its_original_key(tiny_original_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(tiny_original_dir, tmp_path)
+    state = load_file(str(folder / "model.safetensors"))
+    del state["llm.layers.1.self_attn.qkv_proj.weight"], state["t_embedder.mlp.2.bias"]
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError) as info:
+        load_omnigen(folder)
+    msg = str(info.value)
+    assert str(folder / "model.safetensors") in msg
+    assert "'llm.layers.1.self_attn.qkv_proj.weight'" in msg and "'t_embedder.mlp.2.bias'" in msg
+    assert "to_q" not in msg and "linear_2" not in msg
+
+
+def test_original_key_of_inverts_the_conversion(tiny_original_dir):
+    from safetensors.torch import load_file
+
+    from deft_omni.model.convert import original_key_map, original_key_of
+
+    for original, targets in original_key_map(load_file(str(tiny_original_dir / "model.safetensors"))).items():
+        assert all(original_key_of(t) == original for t in targets), original
+
+
 def test_missing_vae(tiny_original_dir, tmp_path):
     folder = _copy(tiny_original_dir, tmp_path)
     shutil.rmtree(folder / "vae")

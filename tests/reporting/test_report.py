@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from deft_omni.report import main, report
 from deft_omni.reporting import detect
 from deft_omni.reporting.folders import expected_jobs
-from deft_omni.reporting.plots import ema
+from deft_omni.training.callbacks import smooth as ema  # the one smoothing (curve and report)
 
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 

@@ -1,21 +1,15 @@
-"""Fixtures for the training tests: one thread, the tiny OmniGen and tiny synthetic shards."""
+"""Fixtures for the training tests: one thread and tiny synthetic shards."""
 
 from __future__ import annotations
 
 import pytest
 
 from deft_omni.data import make_synthetic_shards
-from deft_omni.model import ensure_tiny_omnigen
 
 
 @pytest.fixture(autouse=True)
 def _one_thread_single_process(one_thread, single_process):
     yield
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir():
-    return ensure_tiny_omnigen()
 
 
 @pytest.fixture(scope="session")

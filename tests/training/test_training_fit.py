@@ -60,12 +60,12 @@ def test_short_run_outputs_and_adapter_only_checkpoint(tiny_model_dir, shards, t
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
     assert ckpts == ["last.ckpt", "step_000004.ckpt"]
     ck = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert set(ck["state_dict"]) == {f"transformer.{n}" for n in adapter_after}
+    assert set(ck["state_dict"]) == {f"denoiser.{n}" for n in adapter_after}
     assert all(".owned.default." in k for k in ck["state_dict"])
     for n, p in adapter_after.items():
-        assert torch.equal(ck["state_dict"][f"transformer.{n}"], p)
+        assert torch.equal(ck["state_dict"][f"denoiser.{n}"], p)
     assert ck["global_step"] == 4 and ck["optimizer_states"] and ck["lr_schedulers"]
-    assert ck["deft_omni"]["ema"]["updates"] == 4
+    assert ck["deft_omni"]["ema"]["state"]["optimization_step"] == 4
     loader_state = ck["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     assert (loader_state["epoch"], loader_state["batches_in_epoch"]) == (1, 1)  # 4 batches, epochs of 3
     base_bytes = sum(t.numel() * t.element_size() for t in base_before.values())
@@ -175,12 +175,12 @@ def test_nan_loss_raises_before_the_step_and_writes_nothing(tiny_model_dir, shar
 
 def test_checkpoint_of_another_adapter_is_refused(tiny_model_dir, tmp_path):
     module = make_module(tiny_model_dir)
-    ck = {"state_dict": {k: torch.zeros(1) for k in module._ckpt_keys}, "deft_omni": {
-        "format": "deft_omni.training", "adapter_config": adapter_cfg(rank=8), "ema": None}}
+    ck = {"state_dict": {k: torch.zeros(1) for k in module._checkpoint_keys()}, "deft_omni": {
+        "format": "deft_omni.training", "version": 2, "adapter_config": adapter_cfg(rank=8), "ema": None}}
     with pytest.raises(ValueError, match="rank=8"):
         module.on_load_checkpoint(ck)
     ck["deft_omni"]["adapter_config"] = adapter_cfg()
-    ck["state_dict"]["transformer.layers.0.mlp.down_proj.weight"] = torch.zeros(1)
+    ck["state_dict"]["denoiser.layers.0.mlp.down_proj.weight"] = torch.zeros(1)
     with pytest.raises(ValueError, match="unexpected"):
         module.on_load_checkpoint(ck)
     with pytest.raises(ValueError, match="not written by DeftOmniModule"):

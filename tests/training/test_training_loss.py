@@ -10,16 +10,10 @@ from _training_helpers import adapter_cfg, make_module, processor, train_loader
 from torch import nn
 
 from deft_omni.generation import build_guidance_batch, euler_timesteps, generate_latents
-from deft_omni.training import (
-    LatentEncoder,
-    LossConfig,
-    WarmupSchedule,
-    flow_matching_loss,
-    key_noise,
-    model_kwargs,
-    sample_t,
-    validation_flow_loss,
-)
+from deft_omni.backbones import LossConfig, flow_matching_loss, key_noise, sample_t, validation_flow_loss
+from deft_omni.model.latents import LatentEncoder
+from deft_omni.model.latents import omnigen_condition as model_kwargs
+from deft_omni.training import WarmupSchedule
 
 
 class AffineStub(nn.Module):
@@ -153,7 +147,7 @@ def test_configure_optimizers_groups(tiny_model_dir):
     assert opt.defaults["betas"] == (0.9, 0.95)
     assert names["adapter_R"]["lr"] == pytest.approx(5e-4)  # warm-up step 0: lr / 2
     n_params = sum(p.numel() for g in opt.param_groups for p in g["params"])
-    assert n_params == module.injection_report.trainable_params
+    assert n_params == module.target.report.trainable_params
     assert conf["lr_scheduler"]["interval"] == "step" and sched.get_last_lr()[0] == pytest.approx(5e-4)
 
 

@@ -11,6 +11,7 @@ from _training_helpers import adapter_cfg, make_module, train_loader
 from omegaconf import OmegaConf
 
 from deft_omni.adapters import AdapterConfig
+from deft_omni.core import resolve_dtype
 from deft_omni.training import (
     AdapterCheckpoint,
     DeftOmniModule,
@@ -18,7 +19,6 @@ from deft_omni.training import (
     OptimConfig,
     SafeCheckpointIO,
     find_last_checkpoint,
-    resolve_dtype,
     standard_callbacks,
 )
 
@@ -57,7 +57,7 @@ def test_only_adapter_trainable_and_frozen_vae(tiny_model_dir):
     module = make_module(tiny_model_dir)
     trainable = {n for n, p in module.transformer.named_parameters() if p.requires_grad}
     assert trainable == set(module.adapter_state()) and all(".owned.default." in n for n in trainable)
-    assert module.injection_report.trainable_params == sum(p.numel() for p in module.adapter_state().values())
+    assert module.target.report.trainable_params == sum(p.numel() for p in module.adapter_state().values())
     assert not any(p.requires_grad for p in module.vae.parameters()) and not module.vae.training
     assert module.transformer.training
     assert not any(k.startswith("vae") for k in module.state_dict())  # the VAE is not a submodule
@@ -91,9 +91,9 @@ def test_latent_cache_in_the_module(tiny_model_dir, shards):
     batch = next(iter(train_loader(cached, shards)))
     first = cached.training_loss(batch, torch.Generator().manual_seed(0)).loss
     n_images = len(batch["keys"]) + len(batch["input_images"])
-    assert len(cached.latent_encoder) == n_images and cached.latent_encoder.hits == 0
+    assert len(cached.backbone.latent_encoder) == n_images and cached.backbone.latent_encoder.hits == 0
     again = cached.training_loss(batch, torch.Generator().manual_seed(0)).loss
-    assert cached.latent_encoder.hits == n_images
+    assert cached.backbone.latent_encoder.hits == n_images
     plain = make_module(tiny_model_dir).training_loss(batch, torch.Generator().manual_seed(0)).loss
     torch.testing.assert_close(first, plain)
     torch.testing.assert_close(again, plain)
@@ -112,8 +112,10 @@ def test_ema_update_and_swap(tiny_model_dir):
     for n, p in params.items():
         torch.testing.assert_close(module.ema_state()[n], start[n] + 0.25)
     with module.swapped_in_ema():
-        torch.testing.assert_close(params[n], start[n] + 0.25)
-    torch.testing.assert_close(params[n], start[n] + 1.0)
+        for n, p in params.items():  # every parameter holds its EMA inside the block...
+            torch.testing.assert_close(p, start[n] + 0.25)
+    for n, p in params.items():  # ...and its own value after it
+        torch.testing.assert_close(p, start[n] + 1.0)
 
 
 class _NotPlainData:

@@ -1,4 +1,4 @@
-"""Camera-aware generation (issue #5, paper §4.3): camera numbers of an SfM model as text
+"""Camera-aware generation (paper §4.3): camera numbers of an SfM model as text
 (``text``) or through a learned encoder at the camera token (``embed``); docs/camera.md."""
 
 from .conditioning import CameraConditioning, resolve_token_id

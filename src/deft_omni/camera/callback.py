@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,18 +25,19 @@ def spread(items: Sequence, n: int) -> list:
 
 
 class CameraSampleCallback(PeriodicGridCallback):
-    def __init__(self, dirpath: str | Path, cameras: Sequence[dict], every_n_steps: int = 500, size: int = 32,
-                 num_steps: int = 8) -> None:
+    def __init__(self, dirpath: str | Path, extension: Any, cameras: Sequence[dict], every_n_steps: int = 500,
+                 size: int = 32, num_steps: int = 8) -> None:
         super().__init__(dirpath, every_n_steps)
+        self.extension = extension
         self.cameras = list(cameras)
         self.size, self.num_steps = int(size), int(num_steps)
 
     def render(self, pl_module) -> object:
         from ..generation.sampler import make_grid, tensor_to_pil
 
-        bundle = pl_module.camera_bundle()
+        bundle = self.extension.bundle()
         renderer = CameraRenderer(pl_module.transformer, pl_module.vae, pl_module.tokenizer, bundle,
-                                  pl_module.camera_hook, max_image_side=self.size)
+                                  self.extension.hook, max_image_side=self.size)
         was_training = pl_module.transformer.training
         pl_module.transformer.eval()
         try:

@@ -1,6 +1,6 @@
 """`CameraConditioning`: what the processor needs to put a camera into a sample, and the token id.
 
-The processor is handed one of these (duck-typed: ``marker``, ``token_id``, ``condition``) so
+It is a :class:`deft_omni.data.conditioning.SampleConditioner`: the processor is handed one, so
 deft_omni.data does not import this package.  The camera token's text marker is split out of
 the instruction by the processor and replaced by ``token_id``, like an image tag, so it is one
 id whatever the tokenizer makes of the marker's characters.
@@ -56,6 +56,8 @@ class CameraConditioning:
     cfg: CameraConfig
     frame: SceneFrame
     token_id: int
+    name = "camera"  # the batch key of the vectors (deft_omni.data.conditioning)
+    width = 11
 
     @property
     def marker(self) -> str:
@@ -79,10 +81,3 @@ class CameraConditioning:
 
     def suffix(self, vec: np.ndarray) -> str:
         return instruction_suffix(vec, self.cfg)
-
-
-def check_vector(vec: Any) -> torch.Tensor:
-    t = torch.as_tensor(vec, dtype=torch.float32).reshape(-1)
-    if t.numel() != 11 or not torch.isfinite(t).all():
-        raise CameraError(f"a camera vector needs 11 finite numbers, got {t.tolist()}")
-    return t

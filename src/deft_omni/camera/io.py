@@ -4,13 +4,13 @@ training instruction, the encoder's shape) and, in embed mode, ``camera_encoder.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from ..core.atomic import atomic_path, write_json
 from .config import CameraConfig, CameraError
 from .encoder import CameraEncoder
 from .frame import SceneFrame
@@ -39,14 +39,9 @@ def save_camera_files(folder: str | Path, bundle: CameraBundle) -> None:
                             "encoder": None if bundle.encoder is None else bundle.encoder.arch()}
     if bundle.encoder is not None:
         tensors = {k: v.detach().float().contiguous().cpu() for k, v in bundle.encoder.state_dict().items()}
-        save_file(tensors, str(folder / ENCODER_FILE), metadata={"format": FORMAT})
-    tmp = folder / f".{CAMERA_JSON}.tmp"
-    tmp.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / CAMERA_JSON)
-
-
-def has_camera_files(folder: str | Path) -> bool:
-    return (Path(folder) / CAMERA_JSON).is_file()
+        with atomic_path(folder / ENCODER_FILE) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    write_json(folder / CAMERA_JSON, info, indent=1, sort_keys=True)
 
 
 def load_camera_files(folder: str | Path, hidden_size: int | None = None) -> CameraBundle:

@@ -128,13 +128,14 @@ class CameraRenderer:
         self.transformer, self.vae, self.bundle, self.hook = transformer, vae, bundle, hook
         self.conditioning = CameraConditioning(bundle.cfg, bundle.frame, bundle.token_id)
         self.processor = OmniGenTrainProcessor(tokenizer, max_image_side=max_image_side, cfg_dropout=0.0,
-                                               camera=self.conditioning)
+                                               conditioners=[self.conditioning])
 
     @classmethod
     def load(cls, adapter_dir: str, base: str | None = None, device: str = "cpu",
              dtype: torch.dtype = torch.float32) -> CameraRenderer:
         from ..adapters.io import load_adapter, read_adapter_config
-        from ..model import ensure_tiny_omnigen, load_omnigen
+        from ..backbones import resolve_model
+        from ..model import load_omnigen
 
         bundle_check = load_camera_files(adapter_dir)  # fail on a camera-less folder before loading a model
         if base is None:
@@ -142,8 +143,7 @@ class CameraRenderer:
             base = (meta.get("training") or {}).get("model_path")
             if not base:
                 raise CameraError(f"{adapter_dir}: no base model recorded; pass --base MODEL_DIR")
-        if base == "tiny":
-            base = str(ensure_tiny_omnigen())
+        base = str(resolve_model(base, "omnigen")[1])
         parts = load_omnigen(base, torch_dtype=dtype, device=device)
         load_adapter(parts.transformer, adapter_dir)
         embed = parts.transformer.embed_tokens

@@ -10,9 +10,10 @@ _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16, "16": torch.float16,
+    "float64": torch.float64, "fp64": torch.float64, "64": torch.float64,
 }
 # The spellings a CLI shows in its help (the numeric ones are Lightning's precision words).
-DTYPE_CHOICES = ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
+DTYPE_CHOICES = ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16", "fp64", "float64")
 
 
 def resolve_dtype(value: Union[str, torch.dtype]) -> torch.dtype:

@@ -287,8 +287,8 @@ class TrainLoader(_LoaderBase):
     replayed cheaply, so the epoch's seeds are re-derived with the resume step as salt:
     the rest of the epoch is a fresh shuffle of the data, never a replay of its first
     samples, and still ends after ``epoch_length`` batches in total.  Samples are counted
-    as yielded: a trainer that prefetches ahead should build the state from its own step
-    count with :meth:`state_for_step`.
+    as yielded: a trainer that prefetches ahead says what it consumed with :meth:`mark_trained`
+    (DeftOmniModule does, after every batch).
     """
 
     def __init__(self, stream_kwargs: dict[str, Any], *, epoch_length: int, num_workers: int,
@@ -298,9 +298,15 @@ class TrainLoader(_LoaderBase):
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
         self.epoch, self.batches_in_epoch = 0, 0
         self._started, self._resume = False, False
+        self._trained: int | None = None
 
     def __len__(self) -> int:
         return self.epoch_length
+
+    def mark_trained(self, batches_done: int) -> None:
+        """A trainer that prefetches ahead says how many batches it has consumed in total;
+        :meth:`state_dict` then describes the stream right after them (what a resume needs)."""
+        self._trained = int(batches_done)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self._resume:
@@ -330,14 +336,18 @@ class TrainLoader(_LoaderBase):
                                f"left (stats: {self.stats}); check the shards and loader.stats")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
-                "epoch_length": self.epoch_length, "seed": self._kwargs["seed"],
-                "num_workers": self.num_workers}
+        state = {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
+                 "epoch_length": self.epoch_length, "seed": self._kwargs["seed"],
+                 "num_workers": self.num_workers}
+        if self._trained is not None:
+            state.update(epoch=self._trained // self.epoch_length, batches_in_epoch=self._trained % self.epoch_length)
+        return state
 
     def state_for_step(self, batches_done: int) -> dict[str, Any]:
         """The state after ``batches_done`` batches in total (e.g. optimizer steps)."""
-        return {**self.state_dict(), "epoch": batches_done // self.epoch_length,
-                "batches_in_epoch": batches_done % self.epoch_length}
+        state = self.state_dict()
+        state.update(epoch=batches_done // self.epoch_length, batches_in_epoch=batches_done % self.epoch_length)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("epoch_length", self.epoch_length) != self.epoch_length:
@@ -347,7 +357,7 @@ class TrainLoader(_LoaderBase):
             warnings.warn("resuming with a different seed: the stream will not continue the saved one",
                           stacklevel=2)
         self.epoch, self.batches_in_epoch = int(state["epoch"]), int(state["batches_in_epoch"])
-        self._resume = True
+        self._resume, self._trained = True, None
 
 
 class ValLoader(_LoaderBase):

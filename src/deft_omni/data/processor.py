@@ -61,7 +61,7 @@ class ProcessedSample:
     cfg_dropped: bool = False
     url: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-    camera: torch.Tensor | None = None  # (11,) normalised camera vector (deft_omni.camera), if conditioned
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # conditioner name -> vector (see .conditioning)
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -114,16 +114,15 @@ class OmniGenTrainProcessor:
     ``cfg_dropout``: probability of replacing the instruction by ``<cfg>`` and dropping
     the input images (training only).  ``prior_loss_weight``: the ``loss_weight`` of
     DreamBooth class-prior samples.  ``mask_dtype``: dtype of the (B,S,S) mask.
-    ``camera``: a :class:`deft_omni.camera.CameraConditioning` (or None): samples with a
-    ``camera`` get its text appended to the instruction, and its ``marker`` is tokenized as the
-    single id ``token_id`` (split out like an image tag); condition dropout drops the camera too.
+    ``conditioners``: :class:`~deft_omni.data.conditioning.SampleConditioner` hooks of extensions
+    (text suffix, a marker tokenized as one id, a per-sample vector); condition dropout drops them.
     """
 
     def __init__(self, tokenizer: Any, max_image_side: int = 1024, size_multiple: int = 16,
                  cfg_dropout: float = 0.1, seed: int = 0, placeholder_id: int | None = None,
                  pad_id: int | None = None, prior_loss_weight: float = 1.0,
                  bucket_sizes: Sequence[tuple[int, int]] | None = None,
-                 mask_dtype: torch.dtype = torch.float32, camera: Any = None):
+                 mask_dtype: torch.dtype = torch.float32, conditioners: Sequence[Any] = ()):
         if size_multiple % PIXELS_PER_TOKEN:
             raise ValueError(f"size_multiple must be a multiple of {PIXELS_PER_TOKEN} "
                              "(VAE 8x times 2x2 patches)")
@@ -141,7 +140,10 @@ class OmniGenTrainProcessor:
                                      getattr(tokenizer, "unk_token_id", None)) if i is not None), 0)
         self.placeholder_id = fallback if placeholder_id is None else int(placeholder_id)
         self.pad_id = fallback if pad_id is None else int(pad_id)
-        self.camera = camera
+        self.conditioners = list(conditioners)
+        markers = {c.marker: int(c.token_id) for c in self.conditioners if c.marker}
+        self._marker_ids = markers
+        self._marker_re = re.compile("(" + "|".join(re.escape(m) for m in markers) + ")") if markers else None
 
     @staticmethod
     def _check_buckets(buckets, multiple):
@@ -164,16 +166,18 @@ class OmniGenTrainProcessor:
         ids: list[int] = []
         spans: list[tuple[int, int]] = []
         for i, chunk in enumerate(chunks):
-            pieces = chunk.split(self.camera.marker) if self.camera is not None else [chunk]
+            # Markers come back from re.split at odd positions (the capturing group).
+            pieces = self._marker_re.split(chunk) if self._marker_re is not None else [chunk]
             for j, piece in enumerate(pieces):
+                if j % 2:
+                    ids.append(self._marker_ids[piece])
+                    continue
                 toks = list(self.tokenizer(piece)["input_ids"])
                 # Each chunk is tokenized as if it began a text, so the tokenizer prepends BOS;
                 # only the prompt's real start keeps it (as OmniGen's own processor does).
                 if (i > 0 or j > 0) and toks and self.bos_id is not None and toks[0] == self.bos_id:
                     toks = toks[1:]
                 ids.extend(toks)
-                if j < len(pieces) - 1:
-                    ids.append(int(self.camera.token_id))
             if i < len(chunks) - 1:
                 n = num_image_tokens(*image_sizes[i])
                 spans.append((len(ids), len(ids) + n))
@@ -209,10 +213,12 @@ class OmniGenTrainProcessor:
         dropped = train and self.drops_condition(key, rng, epoch)
         if dropped:
             instruction, inputs = CFG_INSTRUCTION, []
-        camera_vec = None
-        if self.camera is not None and not dropped:
-            suffix, camera_vec = self.camera.condition(sample)
+        extras: dict[str, torch.Tensor] = {}
+        for conditioner in self.conditioners if not dropped else ():
+            suffix, vec = conditioner.condition(sample)
             instruction = instruction + suffix
+            if vec is not None:
+                extras[conditioner.name] = vec
         input_tensors = [self.prepare_image(img, key=key, url=url, name=f"input_{k}")
                          for k, img in enumerate(inputs, start=1)]
         ids, spans = self.tokenize(instruction, [tuple(t.shape[-2:]) for t in input_tensors], key=key, url=url)
@@ -221,7 +227,7 @@ class OmniGenTrainProcessor:
         return ProcessedSample(key=key, input_ids=ids, image_spans=spans, input_images=input_tensors,
                                output_image=output, task=sample.task,
                                loss_weight=self.prior_loss_weight if prior else 1.0, is_prior=prior,
-                               cfg_dropped=dropped, url=url, meta=dict(sample.meta), camera=camera_vec)
+                               cfg_dropped=dropped, url=url, meta=dict(sample.meta), extras=extras)
 
     # ---------------------------------------------------------------------- batch
 
@@ -275,8 +281,8 @@ def collate_processed(items: Sequence[ProcessedSample], pad_id: int = 0,
     ascending b (diffusers consumes the flat list in that order); ``output_images``
     (B, 3, H, W); ``loss_weight`` (B,) float; ``is_prior``, ``cfg_dropped`` (B,) bool;
     ``padding``, ``text_lengths`` (B,) long; ``order`` (B,) long; ``keys``, ``tasks`` lists;
-    ``output_size`` (H, W); ``num_output_tokens`` N.  Only when some item has a camera:
-    ``camera`` (B, 11) float (zeros for rows without) and ``has_camera`` (B,) bool.
+    ``output_size`` (H, W); ``num_output_tokens`` N.  For each conditioner vector some item has
+    (``extras``): ``<name>`` (B, width) float (zeros for rows without) and ``has_<name>`` (B,) bool.
     """
     if not items:
         raise ValueError("cannot collate an empty batch")
@@ -322,8 +328,9 @@ def collate_processed(items: Sequence[ProcessedSample], pad_id: int = 0,
         "output_size": (height, width),
         "num_output_tokens": n_out,
     }
-    if any(it.camera is not None for it in ordered):
-        batch["camera"] = torch.stack([torch.zeros(11) if it.camera is None else it.camera.float().reshape(11)
-                                       for it in ordered])
-        batch["has_camera"] = torch.tensor([it.camera is not None for it in ordered], dtype=torch.bool)
+    for name in sorted({n for it in ordered for n in it.extras}):
+        width = next(it.extras[name].numel() for it in ordered if name in it.extras)
+        batch[name] = torch.stack([it.extras[name].float().reshape(width) if name in it.extras
+                                   else torch.zeros(width) for it in ordered])
+        batch[f"has_{name}"] = torch.tensor([name in it.extras for it in ordered], dtype=torch.bool)
     return batch

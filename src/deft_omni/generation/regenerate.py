@@ -14,7 +14,7 @@ from typing import Any, Optional
 from .adapters_spec import AdapterSpec, file_sha256
 from .errors import GenerationError
 from .prompts import PromptSpec
-from .runner import TINY, GenerationSettings, Job
+from .runner import GenerationSettings, Job
 from .sidecar import read_sidecar
 
 
@@ -41,7 +41,9 @@ def settings_from_sidecar(path: Path, out: Path, model: Optional[str] = None, de
         _check_hash(spec.path / "adapter_model.safetensors", rec["sha256"], "adapter weights", path)
         adapters.append(spec)
     recorded = data["model"]
-    model_arg = model or (TINY if recorded.get("name") == TINY else recorded["path"])
+    # A named model (tiny, world) is asked for by name again: its cache folder may have moved.
+    named = recorded.get("named", recorded.get("name") == "tiny")
+    model_arg = model or (recorded["name"] if named else recorded["path"])
     spec = PromptSpec(instruction=prompt["instruction"], input_images=images, height=data["height"],
                       width=data["width"], seed=data["seed"], guidance_scale=data["guidance_scale"],
                       img_guidance_scale=data["img_guidance_scale"], negative_prompt=prompt["negative_prompt"],

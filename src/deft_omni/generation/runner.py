@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 
 import deft_omni
 
+from ..core.atomic import atomic_path
+from ..core.dtypes import resolve_dtype
 from ..data import CFG_INSTRUCTION, OmniGenTrainProcessor
 from .adapters_spec import AdapterSpec, apply_adapters, check_adapter_folder, file_sha256
 from .errors import GenerationError
@@ -26,8 +28,6 @@ from .prompts import PromptSpec, slugify
 from .sampler import SamplePrompt, decode_latents, generate_latents_batch, make_grid, tensor_to_pil
 from .sidecar import model_identity, write_sidecar
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-TINY = "tiny"
 
 
 @dataclass
@@ -50,6 +50,7 @@ class GenerationSettings:
     grid: bool = True
     progress: bool = True
     expected_model: Optional[dict[str, Any]] = None  # identity a regeneration must find
+    model_path: Optional[Path] = None  # the folder behind ``model`` (a named model resolved by the CLI)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out).expanduser()
@@ -58,8 +59,10 @@ class GenerationSettings:
         for name in ("steps", "batch_size", "num_images_per_prompt"):
             if getattr(self, name) < 1:
                 raise GenerationError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.dtype not in DTYPES:
-            raise GenerationError(f"--dtype {self.dtype!r}: choose one of {sorted(DTYPES)}")
+        try:
+            resolve_dtype(self.dtype)
+        except ValueError as err:
+            raise GenerationError(f"--dtype: {err}") from None
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise GenerationError(f"--device {self.device}: CUDA is not available in this torch build; "
                                   f"use --device cpu")
@@ -98,14 +101,6 @@ def batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
     for job in jobs:
         groups.setdefault((job.prompt.height, job.prompt.width), []).append(job)
     return [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
-
-
-def resolve_model_path(model: str) -> Path:
-    if model == TINY:
-        from ..model import ensure_tiny_omnigen
-
-        return ensure_tiny_omnigen()
-    return Path(model).expanduser()
 
 
 def _input_record(spec: PromptSpec) -> list[dict[str, str]]:
@@ -152,18 +147,18 @@ def run_generation(settings: GenerationSettings, jobs: Optional[list[Job]] = Non
 
     jobs = plan_jobs(settings) if jobs is None else jobs
     preflight(settings, jobs)
-    model_path = resolve_model_path(settings.model)
+    model_path = Path(settings.model_path or settings.model).expanduser()
     if not model_path.is_dir():
         raise GenerationError(f"--model {settings.model}: no such folder; give an OmniGen folder (diffusers or "
                               f"original layout) or 'tiny' for the test model")
-    identity = {"name": settings.model, **model_identity(model_path)}
+    identity = {"name": settings.model, "named": settings.model_path is not None, **model_identity(model_path)}
     if settings.expected_model and identity["quick_sha256"] != settings.expected_model.get("quick_sha256"):
         recorded = settings.expected_model
         raise GenerationError(f"--model {model_path} is not the model that made this image (identity "
                               f"{identity['quick_sha256'][:12]} vs {str(recorded.get('quick_sha256'))[:12]} "
                               f"recorded, from {recorded.get('path')}); pass --model with that model")
     try:
-        parts = load_omnigen(model_path, torch_dtype=DTYPES[settings.dtype], device=settings.device)
+        parts = load_omnigen(model_path, torch_dtype=resolve_dtype(settings.dtype), device=settings.device)
     except FileNotFoundError as err:
         raise GenerationError(f"--model {settings.model}: {err}") from None
     transformer = parts.transformer.eval()
@@ -186,7 +181,8 @@ def run_generation(settings: GenerationSettings, jobs: Optional[list[Job]] = Non
             # One image per decode: the VAE's output then does not depend on the batch either.
             image = tensor_to_pil(decode_latents(parts.vae, latents[k:k + 1])[0])
             png = settings.out / f"{job.stem}.png"
-            image.save(png, format="PNG")
+            with atomic_path(png) as tmp:
+                image.save(tmp, format="PNG")
             write_sidecar(png.with_suffix(".json"), _sidecar(settings, job, identity, adapters, batch, argv))
             written[job.index] = png
             if settings.grid:
@@ -196,7 +192,8 @@ def run_generation(settings: GenerationSettings, jobs: Optional[list[Job]] = Non
     bar.close()
     if settings.grid and rows:
         rows.sort(key=lambda r: r[0])
-        make_grid([r[1] for r in rows], [r[2] for r in rows]).save(settings.out / "grid.png", format="PNG")
+        with atomic_path(settings.out / "grid.png") as tmp:
+            make_grid([r[1] for r in rows], [r[2] for r in rows]).save(tmp, format="PNG")
     return [written[j.index] for j in jobs]
 
 

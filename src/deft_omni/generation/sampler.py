@@ -1,7 +1,7 @@
 """A minimal OmniGen sampler (Euler, t from 0 = noise to 1 = data) and image-grid helpers.
 
 Used by the training callbacks to render progress samples; no diffusers pipeline (its processor
-imports torchvision) and no torchvision.  It follows OmniGen's inference (NOTES §2):
+imports torchvision) and no torchvision.  It follows OmniGen's inference :
 
 * timesteps t_i = i / n, i = 0..n; x_{i+1} = x_i + (t_{i+1} - t_i) * v(x_i, t_i)  — the same grid
   as diffusers' ``FlowMatchEulerDiscreteScheduler(invert_sigmas=True)`` with
@@ -41,6 +41,7 @@ from ..data import (
     ProcessedSample,
     collate_processed,
 )
+from ..model.latents import LatentEncoder, base_dtype, unscale_latents, vae_downsampling
 
 ImageLike = Union[str, Path, Image.Image, torch.Tensor]
 
@@ -147,11 +148,6 @@ def generate_latents_batch(transformer: nn.Module, vae: nn.Module, processor: Om
     its own seed, guidance scales and (optional) negative prompt.  ``step_callback(i, t_i, x)``
     is called after step i with the updated latents; ``progress`` shows a tqdm bar over steps.
     """
-    from ..training.loss import (  # lazy: training imports this module
-        LatentEncoder,
-        base_dtype,
-    )
-
     if not prompts:
         raise ValueError("generate_latents_batch needs at least one prompt")
     height, width = prompts[0].height, prompts[0].width
@@ -180,7 +176,7 @@ def generate_latents_batch(transformer: nn.Module, vae: nn.Module, processor: Om
     img_idx = torch.tensor([n + p if r is None else r for p, r in enumerate(img_row)], device=device)
     g = torch.tensor([float(p.guidance_scale) for p in prompts], device=device).view(n, 1, 1, 1)
     g_img = torch.tensor([float(p.img_guidance_scale) for p in prompts], device=device).view(n, 1, 1, 1)
-    down = 2 ** (len(vae.config.block_out_channels) - 1)
+    down = vae_downsampling(vae)
     channels = int(getattr(transformer.config, "in_channels", 4))
     x = initial_noise([p.seed for p in prompts], channels, height // down, width // down).to(device)
     ts = euler_timesteps(num_steps).to(device)
@@ -217,8 +213,6 @@ def generate_latents(transformer: nn.Module, vae: nn.Module, processor: OmniGenT
 @torch.no_grad()
 def decode_latents(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) fp32 images in [-1, 1] from scaled latents."""
-    from ..training.loss import unscale_latents  # lazy: training imports this module
-
     param = next(vae.parameters())
     with torch.autocast(device_type=latents.device.type, enabled=False):
         z = unscale_latents(vae, latents.to(device=param.device, dtype=param.dtype))

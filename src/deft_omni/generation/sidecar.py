@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from ..core.atomic import write_json
 from .errors import GenerationError
 
 FORMAT = "deft_omni.generation"
@@ -43,11 +43,7 @@ def model_identity(path: Path) -> dict[str, Any]:
 
 def write_sidecar(path: Path, data: dict[str, Any]) -> Path:
     """Write atomically (temp file, then rename): a half-written sidecar would not regenerate."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION, **data}, indent=2, ensure_ascii=False) + "\n",
-                   encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_json(path, {"format": FORMAT, "version": VERSION, **data}, ensure_ascii=False)
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:

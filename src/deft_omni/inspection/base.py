@@ -8,7 +8,9 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+from ..backbones import is_named_model, resolve_model
+from ..core.dtypes import resolve_dtype
+
 
 
 class InspectError(ValueError):
@@ -16,9 +18,10 @@ class InspectError(ValueError):
 
 
 def parse_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise InspectError(f"--dtype {name!r} is unknown; choose one of {sorted(DTYPES)}")
-    return DTYPES[name]
+    try:
+        return resolve_dtype(name)
+    except ValueError as err:
+        raise InspectError(f"--dtype: {err}") from None
 
 
 def base_from_run(adapter_dir: Path) -> Optional[str]:
@@ -36,15 +39,13 @@ def base_from_run(adapter_dir: Path) -> Optional[str]:
 
 
 def resolve_base(adapter_dir: Path, base: Optional[str]) -> Path:
-    """The OmniGen folder: --base, else the run's model.path; 'tiny' is the cached test model."""
+    """The OmniGen folder: --base, else the run's model.path; named models (tiny, world) resolved."""
     chosen = base if base is not None else base_from_run(adapter_dir)
     if chosen is None:
         raise InspectError(f"{adapter_dir}: no --base given and no run config.yaml with model.path above the "
                            f"adapter folder; pass --base /path/to/OmniGen-v1 (or --base tiny).")
-    if chosen == "tiny":
-        from ..model import ensure_tiny_omnigen
-
-        return ensure_tiny_omnigen()
+    if is_named_model(chosen, "omnigen"):
+        return resolve_model(chosen, "omnigen")[1]
     return Path(chosen).expanduser()
 
 

@@ -23,7 +23,6 @@ from .tiny import (
     ensure_tiny_omnigen,
     save_tiny_omnigen,
 )
-from .tiny_original import original_tiny_state_dict, save_tiny_original_layout, tiny_original_config
 from .tiny_tokenizer import build_tiny_tokenizer
 
 __all__ = [
@@ -49,9 +48,6 @@ __all__ = [
     "load_omnigen",
     "missing_files",
     "original_key_map",
-    "original_tiny_state_dict",
     "save_tiny_omnigen",
-    "save_tiny_original_layout",
-    "tiny_original_config",
     "transformer_config_from_original",
 ]

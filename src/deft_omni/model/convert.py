@@ -1,7 +1,7 @@
 """Convert an original OmniGen-v1 checkpoint to diffusers' ``OmniGenTransformer2DModel``.
 
 Original layout: ``OmniGen`` (VectorSpaceLab/OmniGen, OmniGen/model.py) holding a
-transformers ``Phi3Model`` as ``llm``. The key mapping (NOTES.md section 1):
+transformers ``Phi3Model`` as ``llm``. The key mapping (checked by tests/model/test_model_convert.py):
 
 =========================================  =========================================
 original                                   diffusers
@@ -100,6 +100,31 @@ def original_key_map(keys) -> dict[str, tuple[str, ...]]:
     return plan
 
 
+_INVERSE_EXACT = {v: k for k, v in _EXACT.items()}
+_INVERSE: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(src), dst)
+    for src, dst in (
+        (r"layers\.(\d+)\.self_attn\.to_[qkv]\.weight", r"llm.layers.\1.self_attn.qkv_proj.weight"),
+        (r"(time_token|t_embedder)\.linear_1\.(weight|bias)", r"\1.mlp.0.\2"),
+        (r"(time_token|t_embedder)\.linear_2\.(weight|bias)", r"\1.mlp.2.\2"),
+        (r"layers\.(\d+)\.self_attn\.to_out\.0\.weight", r"llm.layers.\1.self_attn.o_proj.weight"),
+        (r"layers\.(\d+)\.(mlp\.gate_up_proj|mlp\.down_proj|input_layernorm|post_attention_layernorm)\.weight",
+         r"llm.layers.\1.\2.weight"),
+    )
+)
+
+
+def original_key_of(key: str) -> str:
+    """The original checkpoint key a diffusers key comes from (the key itself if none does), so
+    errors about a converted checkpoint can name what the user's file lacks."""
+    if key in _INVERSE_EXACT:
+        return _INVERSE_EXACT[key]
+    for pattern, repl in _INVERSE:
+        if pattern.fullmatch(key):
+            return pattern.sub(repl, key)
+    return key
+
+
 def _qkv_sizes(weight: torch.Tensor, config: Mapping | None) -> list[int]:
     rows, hidden = weight.shape
     if config is not None:
@@ -165,7 +190,7 @@ def transformer_config_from_original(
     n_factors = hidden // heads // 2
     max_pos = int(config_json.get("max_position_embeddings") or 4096)  # Phi3Config's default
 
-    rope = config_json.get("rope_scaling")
+    rope, theta = _rope_settings(config_json)
     if rope is None:
         # Plain RoPE expressed as longrope with unit factors.
         short = long = [1.0] * n_factors
@@ -200,13 +225,38 @@ def transformer_config_from_original(
         "vocab_size": int(config_json["vocab_size"]),
         "max_position_embeddings": max_pos,
         "original_max_position_embeddings": orig_max,
-        "rope_base": float(config_json.get("rope_theta", 10000.0)),
+        "rope_base": theta,
         "rope_scaling": {"short_factor": short, "long_factor": long},
         "pos_embed_max_size": 192,
     }
     if state_dict is not None:
         _shapes_from_weights(out, state_dict)
     return out
+
+
+def _rope_settings(config_json: Mapping) -> tuple[Mapping | None, float]:
+    """(rope scaling dict or None, rope theta) from either form of config.json.
+
+    The original checkpoint writes top-level ``rope_scaling`` and ``rope_theta``; transformers >= 5
+    (for instance the original train.py's ``save_pretrained`` run today) writes one
+    ``rope_parameters`` dict holding both.  Reading only the old keys would load such a checkpoint
+    with unit factors and base 10000: silently wrong outputs."""
+    params = config_json.get("rope_parameters")
+    rope, theta = config_json.get("rope_scaling"), config_json.get("rope_theta")
+    if isinstance(params, Mapping):
+        if float(params.get("partial_rotary_factor", 1.0)) != 1.0:
+            raise ValueError(f"config.json rope_parameters.partial_rotary_factor="
+                             f"{params['partial_rotary_factor']}: OmniGen rotates the whole head")
+        p_theta = params.get("rope_theta")
+        if theta is not None and p_theta is not None and float(theta) != float(p_theta):
+            raise ValueError(f"config.json has rope_theta={theta} and rope_parameters.rope_theta={p_theta}: "
+                             "they must agree")
+        theta = theta if theta is not None else p_theta
+        if rope is None and params.get("rope_type", params.get("type")) not in (None, "default"):
+            rope = params
+    elif params is not None:
+        raise ValueError(f"config.json rope_parameters must be a dict, got {type(params).__name__}")
+    return rope, float(10000.0 if theta is None else theta)
 
 
 def _shapes_from_weights(out: dict, state_dict: Mapping[str, torch.Tensor]) -> None:

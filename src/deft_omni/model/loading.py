@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, OmniGenTransformer2DModel
 
-from .convert import convert_original_state_dict, transformer_config_from_original
+from .convert import convert_original_state_dict, original_key_of, transformer_config_from_original
 
 HUB_DIFFUSERS = "Shitao/OmniGen-v1-diffusers"
 HUB_ORIGINAL = "Shitao/OmniGen-v1"
@@ -166,6 +166,21 @@ def _load_original_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _check_converted(model: torch.nn.Module, converted: dict[str, torch.Tensor], path: Path) -> None:
+    """Name what an original-layout file lacks, or holds in the wrong shape, by its own keys."""
+    weights = path / ("model.safetensors" if (path / "model.safetensors").is_file() else "model.pt")
+    expected = model.state_dict()
+    missing = sorted({original_key_of(k) for k in expected if k not in converted})
+    if missing:
+        raise ValueError(f"{weights} lacks {len(missing)} tensor(s) of the original OmniGen-v1 layout: "
+                         f"{missing[:8]}{' ...' if len(missing) > 8 else ''}; the file is incomplete or not "
+                         f"OmniGen-v1's (compare with {HUB_ORIGINAL})")
+    wrong = sorted({f"{original_key_of(k)} {tuple(converted[k].shape)} (expected {tuple(t.shape)})"
+                    for k, t in expected.items() if tuple(converted[k].shape) != tuple(t.shape)})
+    if wrong:
+        raise ValueError(f"{weights}: tensor shape(s) disagree with {path / 'config.json'}: {wrong[:5]}")
+
+
 def _load_original_transformer(path: Path, torch_dtype: torch.dtype) -> OmniGenTransformer2DModel:
     config_json = json.loads((path / "config.json").read_text())
     state = _load_original_weights(path)
@@ -182,6 +197,7 @@ def _load_original_transformer(path: Path, torch_dtype: torch.dtype) -> OmniGenT
     # 15 GB), then adopt the checkpoint tensors as the parameters.
     with torch.device("meta"):
         model = OmniGenTransformer2DModel(**config)
+    _check_converted(model, converted, path)
     model.load_state_dict(converted, strict=True, assign=True)
     # The only non-persistent buffer (RoPE inverse frequencies) is still on meta:
     # rebuild that small module for real.

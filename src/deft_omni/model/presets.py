@@ -5,9 +5,9 @@ Each pattern matches the *full* name from ``transformer.named_modules()`` of the
 since no other module name contains these). Which of them get adapters is decided by
 the adapter code, not here.
 
-Note (NOTES.md section 1): diffusers splits the original fused ``qkv_proj`` into
-``to_q``/``to_k``/``to_v``. A DEFT adapter on the fused layer is not equivalent to
-three adapters on the split ones.
+Diffusers splits the original fused ``qkv_proj`` into ``to_q``/``to_k``/``to_v``. A DEFT
+adapter on the fused layer is not equivalent to three adapters on the split ones: use
+``fused_groups=[["to_q", "to_k", "to_v"]]`` for the original's behaviour (docs/adapters.md).
 """
 
 # Query, key and value projections of every block (3 per layer).

@@ -5,21 +5,20 @@ names as OmniGen-v1 (so adapters, key mappings and the training loop are exercis
 for real), ~170k transformer parameters so a forward+backward is milliseconds on CPU.
 
 ``save_tiny_omnigen`` writes diffusers' layout; ``ensure_tiny_omnigen`` builds it once
-into a cache shared by processes; ``save_tiny_original_layout`` (re-exported from
-:mod:`deft_omni.model.tiny_original`) writes the original OmniGen-v1 layout.
+into a cache shared by processes.  (The tests build an original-layout twin in
+``tests/fixtures/tiny_original.py``.)
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, OmniGenTransformer2DModel
 
+from ..core.atomic import atomic_dir
 from .loading import default_omnigen_scheduler
 from .tiny_tokenizer import build_tiny_tokenizer
 
@@ -133,36 +132,21 @@ def ensure_tiny_omnigen(cache_dir: str | os.PathLike | None = None, seed: int = 
     for a non-zero seed); ``cache_dir`` defaults to :func:`default_cache_dir`.
 
     Safe under concurrency (DDP ranks, pytest workers): each builder writes into its
-    own temporary folder beside the target and renames it into place. ``rename`` of a
-    directory is atomic on one filesystem, so readers see either nothing or the
-    complete folder; a builder that loses the race discards its copy.
+    own staging folder (:func:`deft_omni.core.atomic.atomic_dir`) and renames it into
+    place, so readers see either nothing or the complete folder; a builder that loses
+    the race discards its copy.  Modes follow the umask, so a shared cache stays shared.
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     name = f"tiny-omnigen-v{TINY_VERSION}" + (f"-s{seed}" if seed else "")
     target = root / name
     if target.is_dir():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
     try:
-        save_tiny_omnigen(tmp, seed=seed)
-        tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache may be shared
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process renamed its copy first (target exists and is not empty).
-            if not target.is_dir():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(target, replace=False) as staging:
+            save_tiny_omnigen(staging, seed=seed)
+    except FileExistsError:
+        # Another process published its copy first; ours was discarded.
+        if not target.is_dir():
+            raise
     return target
 
-
-def __getattr__(name: str):
-    # Lazy re-export: tiny_original imports this module, so a top-level import would cycle.
-    if name == "save_tiny_original_layout":
-        from .tiny_original import save_tiny_original_layout
-
-        return save_tiny_original_layout
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -176,3 +176,19 @@ def expected_jobs(folder: Path) -> Optional[int]:
             parts += ch == "," and depth == 0
         count *= parts
     return count
+
+
+def collect_sweep_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job folder of a multirun: its overrides and its summary.json (or "failed")."""
+    rows = []
+    for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        overrides = OmegaConf.load(overrides_file) if overrides_file.exists() else []
+        row: dict[str, Any] = {"job": job.name, "overrides": " ".join(overrides)}
+        summary = job / "summary.json"
+        if summary.exists():
+            row.update(json.loads(summary.read_text()))
+        else:
+            row["final_loss"] = "failed"
+        rows.append(row)
+    return rows

@@ -11,17 +11,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..training.callbacks import smooth  # noqa: E402 - one smoothing for the curve and the report
+
 Series = list[tuple[int, float]]
-
-
-def ema(values: list[float], smoothing: float) -> list[float]:
-    """Debiased exponential moving average (TensorBoard's smoothing): 0 = raw, 0.99 = very smooth."""
-    out, avg, weight = [], 0.0, 0.0
-    for v in values:
-        avg = smoothing * avg + (1 - smoothing) * v
-        weight = smoothing * weight + (1 - smoothing)
-        out.append(avg / weight)
-    return out
 
 
 def _save(fig, path: Path) -> Path:
@@ -38,7 +30,7 @@ def loss_plot(train: Series, val: Series, path: Path, smoothing: float = 0.9) ->
     if train:
         steps, losses = zip(*train)
         ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=0.8, label="train (raw)")
-        ax.plot(steps, ema(list(losses), smoothing), color="tab:blue", lw=1.8,
+        ax.plot(steps, smooth(list(losses), smoothing), color="tab:blue", lw=1.8,
                 label=f"train (EMA {smoothing:g})")
     if val:
         steps, losses = zip(*val)

@@ -10,7 +10,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from ..sweep import collect
+from .folders import collect_sweep_jobs as collect
 from .folders import expected_jobs, job_dirs
 from .pages import fmt, image, table, write_pages
 from .plots import rank_plot

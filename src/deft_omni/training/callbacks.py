@@ -14,9 +14,7 @@ Throughput (samples/s, tokens/s, step time) and peak memory are logged by ``Deft
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -25,8 +23,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from ..data import CFG_INSTRUCTION, OmniGenTrainProcessor
-from ..generation.sampler import SamplePrompt, generate_image, load_input_image, make_grid, tensor_to_pil
+from ..core.atomic import atomic_path, write_json
+from ..generation.sampler import SamplePrompt, make_grid
 from .checkpointing import step_dir_name
 
 
@@ -65,11 +63,10 @@ class PeriodicGridCallback(Callback):
     def save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> Optional[Path]:
         if not trainer.is_global_zero:
             return None
-        self.dirpath.mkdir(parents=True, exist_ok=True)
         path = self.dirpath / f"{name}.png"
-        tmp = path.with_name(f".{path.name}.tmp")
-        self.render(pl_module).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        image = self.render(pl_module)
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="PNG")
         self.written.append(path)
         return path
 
@@ -98,34 +95,27 @@ class SampleGridCallback(PeriodicGridCallback):
     eval mode and restored afterwards."""
 
     def __init__(self, dirpath: Union[str, Path], prompts: Sequence[Any], every_n_steps: int = 500,
-                 num_steps: int = 8, max_image_side: int = 1024, negative_prompt: str = CFG_INSTRUCTION,
-                 at_start: bool = False, at_end: bool = True, cell: int = 96) -> None:
+                 num_steps: int = 8, max_image_side: int = 1024, at_start: bool = False, at_end: bool = True,
+                 cell: int = 96) -> None:
         super().__init__(dirpath, every_n_steps, at_start, at_end)
         self.prompts = [_as_prompt(p) for p in prompts]
         if not self.prompts:
             raise ValueError("SampleGridCallback needs at least one prompt")
         self.num_steps = int(num_steps)
-        self.max_image_side, self.negative_prompt = int(max_image_side), negative_prompt
+        self.max_image_side = int(max_image_side)
         self.cell = int(cell)
 
     def render(self, pl_module: pl.LightningModule) -> Any:
-        """The grid (a PIL image) for the current adapter weights."""
-        transformer, vae = pl_module.transformer, pl_module.vae
-        processor = OmniGenTrainProcessor(pl_module.tokenizer, max_image_side=self.max_image_side, cfg_dropout=0.0)
-        was_training = transformer.training
-        transformer.eval()
-        rows, captions = [], []
+        """The grid (a PIL image) for the current weights, from the backbone's own sampler."""
+        denoiser = pl_module.denoiser
+        was_training = denoiser.training
+        denoiser.eval()
         try:
             with torch.no_grad(), torch.autocast(device_type=pl_module.device.type, enabled=False):
-                for prompt in self.prompts:
-                    img = generate_image(transformer, vae, processor, prompt, self.num_steps, self.negative_prompt)
-                    inputs = [tensor_to_pil(load_input_image(im, processor, f"input_{i + 1}"))
-                              for i, im in enumerate(prompt.input_images)]
-                    rows.append([*inputs, tensor_to_pil(img)])
-                    captions.append(prompt.instruction)
+                rows = pl_module.backbone.render_rows(self.prompts, self.num_steps, self.max_image_side)
         finally:
-            transformer.train(was_training)
-        return make_grid(rows, captions, cell=self.cell)
+            denoiser.train(was_training)
+        return make_grid(rows, [p.instruction for p in self.prompts], cell=self.cell)
 
 
 def smooth(values: Sequence[float], beta: float = 0.9) -> list[float]:
@@ -217,13 +207,9 @@ class LossCurveCallback(Callback):
         if self.train or self.val:
             ax.legend(loc="upper right")
         fig.tight_layout()
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, self.path)
-        history = self.path.with_name("loss_history.json")
-        tmp_json = history.with_name(f".{history.name}.tmp")
-        tmp_json.write_text(json.dumps(self.state_dict()))
-        os.replace(tmp_json, history)
+        with atomic_path(self.path) as tmp:
+            fig.savefig(tmp, format="png")
+        write_json(self.path.with_name("loss_history.json"), self.state_dict(), indent=None)
         return self.path
 
 

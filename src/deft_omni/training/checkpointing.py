@@ -14,18 +14,15 @@ Two kinds, two purposes:
 
 :class:`SafeCheckpointIO` is the checkpoint plugin to pass to the Trainer: it *loads* with
 ``torch.load(weights_only=True)`` whatever the caller asks (every value in our checkpoints is a
-tensor or plain data), and *saves* to a temporary file in the target folder, fsyncs it and
-``os.replace``-s it into place.  Lightning's own ``TorchCheckpointIO`` goes through fsspec's
+tensor or plain data), and *saves* through the atomic writer (:mod:`deft_omni.core.atomic`).  Lightning's own ``TorchCheckpointIO`` goes through fsspec's
 local transaction, which writes the temporary file into the system temp folder and
 ``shutil.move``-s it: a copy, not an atomic rename, whenever /tmp is another filesystem.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -34,6 +31,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from ..core.atomic import atomic_file
 
 STEP_DIR_RE = re.compile(r"^step_(\d+)$")
 
@@ -48,26 +47,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
             raise TypeError("SafeCheckpointIO.save_checkpoint takes no storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(checkpoint, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        try:  # make the rename itself durable
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError:
-            pass
+        with atomic_file(path, "wb") as fh:
+            torch.save(checkpoint, fh)
 
     def load_checkpoint(self, path: _PATH, map_location: Optional[Callable] = lambda storage, loc: storage,
                         weights_only: Optional[bool] = None) -> dict[str, Any]:

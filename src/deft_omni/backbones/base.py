@@ -1,0 +1,88 @@
+"""The backbone seam: what a family of diffusion models supplies to training and generation.
+
+The training module holds one :class:`Backbone` and never asks which family it is.  A backbone
+owns: loading (a local folder, or a named model such as ``tiny``), the trainable network
+(``denoiser``: OmniGen's transformer, a UNet), the frozen parts (VAE, text encoders), how a batch
+becomes conditions, the noise/target/loss, the deterministic validation loss, and the sampler
+used for progress grids.  docs/backbones.md shows how to add one.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Optional
+
+import torch
+from torch import nn
+
+from .objective import FlowLossOutput, LossConfig
+
+
+class Backbone(abc.ABC):
+    """One loaded model family instance.  Subclasses register with :func:`register_backbone`."""
+
+    #: registry name, also the value of ``model.family``
+    family: ClassVar[str]
+    #: names accepted in place of a folder (``model.path=tiny``) -> a function returning the folder
+    named_models: ClassVar[Mapping[str, Callable[[], Path]]] = {}
+
+    path: str  # the folder the weights came from
+    denoiser: nn.Module  # trains (adapters are injected into it); the module registers it
+    tokenizer: Any
+
+    # ----------------------------------------------------------------------- loading
+    @classmethod
+    @abc.abstractmethod
+    def recognises(cls, path: Path) -> bool:
+        """Whether a local folder holds this family (from its config files only)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, path: str, *, torch_dtype: torch.dtype, gradient_checkpointing: bool = False,
+             cache_latents: bool = False) -> "Backbone":
+        """Load from a resolved local folder; nothing is downloaded."""
+
+    @classmethod
+    @abc.abstractmethod
+    def max_image_side(cls, path: str) -> int:
+        """The largest image side (pixels) the network takes, read from config files only, so
+        settings can be checked before any weights load."""
+
+    # --------------------------------------------------------------------- the parts
+    @abc.abstractmethod
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        """Frozen, unregistered parts (never cast by precision plugins, never checkpointed)."""
+
+    def move_frozen(self, device: torch.device) -> None:
+        for module in self.frozen_modules().values():
+            param = next(module.parameters(), None)
+            if param is not None and param.device != device:
+                module.to(device)
+
+    # ------------------------------------------------------------------------- data
+    @abc.abstractmethod
+    def make_processor(self, *, max_image_side: int, cfg_dropout: float = 0.0, seed: int = 0,
+                       prior_loss_weight: float = 1.0, bucket_sizes: Optional[Sequence] = None,
+                       conditioners: Sequence[Any] = ()) -> Any:
+        """The per-sample processor + collate the loaders use (``conditioners``: extension hooks)."""
+
+    @abc.abstractmethod
+    def batch_size_and_tokens(self, batch: Mapping[str, Any]) -> tuple[int, int]:
+        """(samples, sequence tokens) of a batch, for throughput logging."""
+
+    # ------------------------------------------------------------------------- loss
+    @abc.abstractmethod
+    def training_loss(self, batch: Mapping[str, Any], cfg: LossConfig,
+                      generator: Optional[torch.Generator]) -> FlowLossOutput:
+        """The stochastic training loss of one batch; every draw from ``generator``."""
+
+    @abc.abstractmethod
+    def validation_loss(self, batch: Mapping[str, Any], cfg: LossConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, per-t) deterministic loss of one batch (no grad, eval-mode caller)."""
+
+    # --------------------------------------------------------------------- sampling
+    @abc.abstractmethod
+    def render_rows(self, prompts: Sequence[Any], num_steps: int, max_image_side: int) -> list[list[Any]]:
+        """One row of PIL images per prompt (its input images, then the sample), for grids."""

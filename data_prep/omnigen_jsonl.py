@@ -26,20 +26,12 @@ from typing import Any
 
 from deft_omni.data.schema import SampleError, check_image_tags, make_sample
 
-from .common import (
-    Conversion,
-    ConversionError,
-    ImageError,
-    Skip,
-    add_common_args,
-    check_output,
-    cli_main,
-    key_part,
-    make_key,
-    make_parser,
-    prepare_image,
-    skip_from,
-)
+from .cli import add_common_args, cli_main, make_parser
+from .conversion import Conversion, Skip, skip_from
+from .errors import ConversionError
+from .images import ImageError, prepare_image
+from .output import check_output
+from .text import key_part, make_key
 
 SOURCE = "omnigen_jsonl"
 

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from data_prep import insdet
+from data_prep.insdet.scenes import decode_scene
 
 from ._prep_helpers import (
     corrupt_jpeg,
@@ -164,7 +165,7 @@ def test_huge_scene_is_decoded_small(tmp_path):
     """An 8192x6144 JPEG (InsDet's size) goes through the DCT-draft path: decoded at 1/8."""
     path = tmp_path / "big.jpg"
     Image.new("RGB", (8192, 6144), (10, 20, 30)).save(path, quality=50)
-    img, orig = insdet._scene_decode(str(path), 1024, [], False)
+    img, orig = decode_scene(str(path), 1024, [], False)
     assert orig == (8192, 6144) and img.size == (1024, 768)
-    img, _ = insdet._scene_decode(str(path), 1024, [("x", (0, 0, 2048, 1024))], True)
+    img, _ = decode_scene(str(path), 1024, [("x", (0, 0, 2048, 1024))], True)
     assert img.size == (4096, 3072)  # a 2048 px box still gets 1024 px

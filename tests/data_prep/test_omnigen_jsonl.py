@@ -8,7 +8,15 @@ import pytest
 
 from data_prep import omnigen_jsonl
 
-from ._prep_helpers import corrupt_jpeg, loader_batches, manifest, read_samples, save_image, skipped_keys
+from ._prep_helpers import (
+    corrupt_jpeg,
+    loader_batches,
+    manifest,
+    read_samples,
+    save_image,
+    skipped_keys,
+    temporaries,
+)
 
 
 def _write_jsonl(path, records):
@@ -94,7 +102,7 @@ def test_strict_turns_a_skip_into_an_error(tmp_path, images, capsys):
     err = capsys.readouterr().err
     assert "--strict" in err and "t.jsonl:2" in err and "1 image tag(s) but the sample has 0" in err
     assert not out.exists()
-    assert not list(tmp_path.glob("out.tmp-*"))
+    assert not temporaries(tmp_path)
 
 
 def test_missing_inputs_give_clear_errors(tmp_path, images, capsys):

@@ -128,14 +128,17 @@ def test_manifest_round_trip_and_errors(tmp_path):
 def test_manifest_write_is_atomic(tmp_path, monkeypatch):
     write_manifest(str(tmp_path), [("a.tar", 1)], source="old")
 
-    def failing_dump(obj, fh, **kw):
-        fh.write('{"format": "deft_omni.shards", "partial')
+    seen = []
+
+    def failing_fsync(fd):  # the new content is in a temporary file beside the manifest
+        seen.extend(n for n in os.listdir(tmp_path) if n != "manifest.json")
         raise OSError("disk full")
 
-    monkeypatch.setattr(schema.json, "dump", failing_dump)
+    monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="disk full"):
         write_manifest(str(tmp_path), [("b.tar", 2)], source="new")
     monkeypatch.undo()
+    assert seen  # the failure came mid-write, with a temporary file to clean up
     assert read_manifest(str(tmp_path))["source"] == "old"  # the old file survived intact
     assert os.listdir(tmp_path) == ["manifest.json"]  # and no temp file is left behind
 

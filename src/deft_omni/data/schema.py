@@ -24,12 +24,13 @@ import io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
+
+from ..core.atomic import write_json
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 OUTPUT_FIELD = "output"
@@ -269,27 +270,10 @@ def parse_sample(raw: Mapping[str, Any]) -> Sample:
 # ----------------------------------------------------------------------- manifest
 
 
-def _atomic_write_json(path: str, obj: Any) -> None:
-    """Write JSON so that readers see the old file or the complete new one, never a part."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_manifest(directory: str, shards: Iterable[tuple[str, int]] | Iterable[Mapping[str, Any]],
                    *, source: str, options: Mapping[str, Any] | None = None,
                    skipped: Iterable[Mapping[str, Any]] = ()) -> str:
-    """Write ``<directory>/manifest.json`` atomically (temp file + os.replace).
+    """Write ``<directory>/manifest.json`` atomically (deft_omni.core.atomic: fsync, umask modes).
 
     ``shards``: (file name relative to the directory, sample count) pairs or
     ``{"file", "samples"}`` dicts; ``skipped``: ``{"key" or "file", "reason"}`` records of
@@ -309,7 +293,7 @@ def write_manifest(directory: str, shards: Iterable[tuple[str, int]] | Iterable[
                 "total": sum(e["samples"] for e in entries), "source": str(source),
                 "options": dict(options or {}), "skipped": skipped_list}
     path = os.path.join(directory, MANIFEST_NAME)
-    _atomic_write_json(path, manifest)
+    write_json(path, manifest, indent=1, sort_keys=True)
     return path
 
 

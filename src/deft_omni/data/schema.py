@@ -20,7 +20,6 @@ without opening tars.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -31,6 +30,9 @@ from typing import Any
 from PIL import Image
 
 from ..core.atomic import write_json
+from .errors import ManifestError, SampleError
+# to_rgb: the processor and the converters import it from here.
+from .images import PIL_FORMATS, decode_image, encode_image, to_rgb  # noqa: F401
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 OUTPUT_FIELD = "output"
@@ -40,30 +42,6 @@ KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+(?:/[A-Za-z0-9_\-]+)*$")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "deft_omni.shards"
 MANIFEST_VERSION = 1
-# PIL format names, by file extension, for encoding.
-_PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
-
-
-class SampleError(ValueError):
-    """A sample that cannot be used; names the key, the shard, the field and the fix."""
-
-    def __init__(self, message: str, *, key: str | None = None, url: str | None = None,
-                 field: str | None = None, fix: str | None = None):
-        self.key, self.url, self.field, self.fix = key, url, field, fix
-        self.reason = message
-        where = f"sample {key!r}" if key is not None else "sample"
-        if url:
-            where += f" in shard {url!r}"
-        if field:
-            where += f", field {field!r}"
-        text = f"{where}: {message}"
-        if fix:
-            text += f" (fix: {fix})"
-        super().__init__(text)
-
-
-class ManifestError(ValueError):
-    """A missing, unreadable or inconsistent manifest.json."""
 
 
 # --------------------------------------------------------------------------- tags
@@ -93,45 +71,6 @@ def check_image_tags(instruction: str, n_images: int, *, key: str | None = None,
 # ------------------------------------------------------------------------ writing
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited on white (transparent pixels hold junk colours)."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def _encode_image(image: Any, image_format: str, key: str, name: str) -> bytes:
-    if isinstance(image, (bytes, bytearray)):
-        data = bytes(image)
-        try:  # Cheap header check: refuse mislabelled bytes here rather than at train time.
-            with Image.open(io.BytesIO(data)) as img:
-                actual = (img.format or "").upper()
-        except Exception as exn:  # noqa: BLE001 - any decoder failure means unusable bytes
-            raise SampleError(f"bytes are not a readable image ({exn})", key=key, field=name) from exn
-        if actual != _PIL_FORMATS[image_format]:
-            raise SampleError(f"bytes are {actual or 'unknown'} but image_format is {image_format!r}",
-                              key=key, field=name, fix="pass matching image_format or a PIL image")
-        return data
-    if isinstance(image, Image.Image):
-        img = image
-        # Keep alpha where the format holds it: the processor composites it on white,
-        # which a plain convert("RGB") here would not (transparent pixels keep junk colours).
-        if image_format in ("jpg", "jpeg"):
-            img = to_rgb(img)
-        elif img.mode not in ("RGB", "RGBA", "L", "LA"):
-            img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
-        buf = io.BytesIO()
-        kwargs = {"quality": 95} if image_format in ("jpg", "jpeg", "webp") else {}
-        img.save(buf, format=_PIL_FORMATS[image_format], **kwargs)
-        return buf.getvalue()
-    raise SampleError(f"expected a PIL image or encoded bytes, got {type(image).__name__}",
-                      key=key, field=name)
-
-
 def make_sample(key: str, instruction: str, output_image: Any, input_images: Sequence[Any] = (),
                 task: str = "text_to_image", meta: Mapping[str, Any] | None = None,
                 camera: Mapping[str, float] | None = None, image_format: str = "png",
@@ -146,7 +85,7 @@ def make_sample(key: str, instruction: str, output_image: Any, input_images: Seq
                           key=key, field="__key__",
                           fix="webdataset splits member names at the first dot; replace dots with '_'")
     image_format = image_format.lower()
-    if image_format not in _PIL_FORMATS:
+    if image_format not in PIL_FORMATS:
         raise SampleError(f"image_format {image_format!r} not in {IMAGE_EXTS}", key=key)
     if not isinstance(instruction, str):
         raise SampleError("instruction must be a string", key=key, field="json.instruction")
@@ -162,9 +101,9 @@ def make_sample(key: str, instruction: str, output_image: Any, input_images: Seq
     except TypeError as exn:
         raise SampleError(f"meta is not JSON-serialisable ({exn})", key=key, field="json.meta") from exn
     sample = {"__key__": key, "json": blob,
-              f"{OUTPUT_FIELD}.{image_format}": _encode_image(output_image, image_format, key, "output")}
+              f"{OUTPUT_FIELD}.{image_format}": encode_image(output_image, image_format, key, "output")}
     for k, img in enumerate(input_images, start=1):
-        sample[f"input_{k}.{image_format}"] = _encode_image(img, image_format, key, f"input_{k}")
+        sample[f"input_{k}.{image_format}"] = encode_image(img, image_format, key, f"input_{k}")
     return sample
 
 
@@ -194,20 +133,6 @@ class Sample:
     camera: dict[str, float] | None = None
     is_prior: bool = False
     url: str | None = None
-
-
-def _decode_image(value: Any, key: str, url: str | None, name: str) -> Image.Image:
-    if isinstance(value, Image.Image):
-        return value
-    if not isinstance(value, (bytes, bytearray)):
-        raise SampleError(f"expected image bytes, got {type(value).__name__}", key=key, url=url, field=name)
-    try:
-        img = Image.open(io.BytesIO(value))
-        img.load()  # Force the full decode now so truncated files fail here, with a name.
-    except Exception as exn:  # noqa: BLE001 - PIL raises many unrelated types
-        raise SampleError(f"cannot decode image ({exn})", key=key, url=url, field=name,
-                          fix="re-encode the image or drop the sample in the converter") from exn
-    return img
 
 
 def parse_sample(raw: Mapping[str, Any]) -> Sample:
@@ -262,8 +187,8 @@ def parse_sample(raw: Mapping[str, Any]) -> Sample:
     check_image_tags(instruction, len(inputs), key=key, url=url)
     return Sample(
         key=key, instruction=instruction, task=task,
-        output=_decode_image(raw[outputs[0]], key, url, outputs[0]),
-        inputs=[_decode_image(raw[inputs[k]], key, url, inputs[k]) for k in sorted(inputs)],
+        output=decode_image(raw[outputs[0]], key, url, outputs[0]),
+        inputs=[decode_image(raw[inputs[k]], key, url, inputs[k]) for k in sorted(inputs)],
         meta=dict(meta), camera=camera, is_prior=bool(meta_raw.get("prior", False)), url=url)
 
 

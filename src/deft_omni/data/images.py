@@ -1,0 +1,68 @@
+"""Image bytes in shards: encoding for the writer, decoding for the reader, with errors that name
+the sample and the field, and say what is wrong with the file (a git-LFS pointer, for one)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from PIL import Image
+
+from .errors import SampleError
+
+# PIL format names, by file extension, for encoding.
+PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited on white (transparent pixels hold junk colours)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def encode_image(image: Any, image_format: str, key: str, name: str) -> bytes:
+    if isinstance(image, (bytes, bytearray)):
+        data = bytes(image)
+        try:  # Cheap header check: refuse mislabelled bytes here rather than at train time.
+            with Image.open(io.BytesIO(data)) as img:
+                actual = (img.format or "").upper()
+        except Exception as exn:  # noqa: BLE001 - any decoder failure means unusable bytes
+            raise SampleError(f"bytes are not a readable image ({exn})", key=key, field=name) from exn
+        if actual != PIL_FORMATS[image_format]:
+            raise SampleError(f"bytes are {actual or 'unknown'} but image_format is {image_format!r}",
+                              key=key, field=name, fix="pass matching image_format or a PIL image")
+        return data
+    if isinstance(image, Image.Image):
+        img = image
+        # Keep alpha where the format holds it: the processor composites it on white,
+        # which a plain convert("RGB") here would not (transparent pixels keep junk colours).
+        if image_format in ("jpg", "jpeg"):
+            img = to_rgb(img)
+        elif img.mode not in ("RGB", "RGBA", "L", "LA"):
+            img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
+        buf = io.BytesIO()
+        kwargs = {"quality": 95} if image_format in ("jpg", "jpeg", "webp") else {}
+        img.save(buf, format=PIL_FORMATS[image_format], **kwargs)
+        return buf.getvalue()
+    raise SampleError(f"expected a PIL image or encoded bytes, got {type(image).__name__}",
+                      key=key, field=name)
+
+
+def decode_image(value: Any, key: str, url: str | None, name: str) -> Image.Image:
+    if isinstance(value, Image.Image):
+        return value
+    if not isinstance(value, (bytes, bytearray)):
+        raise SampleError(f"expected image bytes, got {type(value).__name__}", key=key, url=url, field=name)
+    try:
+        img = Image.open(io.BytesIO(value))
+        img.load()  # Force the full decode now so truncated files fail here, with a name.
+    except Exception as exn:  # noqa: BLE001 - PIL raises many unrelated types
+        raise SampleError(f"cannot decode image ({exn})", key=key, url=url, field=name,
+                          fix="re-encode the image or drop the sample in the converter") from exn
+    return img

@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from deft_omni.data.schema import to_rgb
+from deft_omni.data.images import LFS_FIX, is_lfs_pointer, lfs_pointer_reason, to_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 _PIL_FORMAT = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -47,6 +47,9 @@ def open_image(data: bytes, src: Any) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exn:
+        if is_lfs_pointer(data):
+            raise ImageError(f"git-LFS pointer, not an image: {_describe(src)} is {lfs_pointer_reason(data)}; "
+                             f"{LFS_FIX}") from exn
         raise ImageError(f"not a readable image: {_describe(src)}") from exn
     except Exception as exn:  # noqa: BLE001 - PIL raises many types (DecompressionBombError, ...)
         raise ImageError(f"corrupt image: {_describe(src)} ({exn})") from exn

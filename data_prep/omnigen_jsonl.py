@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from deft_omni.data.images import LFS_FIX, is_lfs_pointer, lfs_pointer_reason
 from deft_omni.data.schema import SampleError, check_image_tags, make_sample
 
 from .cli import add_common_args, cli_main, make_parser
@@ -31,7 +32,7 @@ from .conversion import Conversion, Skip, skip_from
 from .errors import ConversionError
 from .images import ImageError, prepare_image
 from .output import check_output
-from .text import key_part, make_key
+from .text import key_part, make_key, open_text
 
 SOURCE = "omnigen_jsonl"
 
@@ -66,7 +67,7 @@ def read_jobs(jsonl_files: Sequence[str], image_dir: str | None, *, default_task
         name = os.path.basename(path)
         folder = image_dir if image_dir is not None else os.path.dirname(os.path.abspath(path))
         try:
-            fh = open(path, encoding="utf-8")
+            fh = open_text(path)
         except OSError as exn:
             raise ConversionError(f"cannot read --jsonl {path!r} ({exn.strerror or exn})") from exn
         with fh:
@@ -165,6 +166,10 @@ def run(argv: Sequence[str] | None = None):
         if not os.path.isfile(path):
             raise ConversionError(f"--jsonl {path!r} does not exist (expected an OmniGen JSONL file: one "
                                   '{"task_type", "instruction", "input_images", "output_image"} object per line)')
+        with open(path, "rb") as fh:
+            head = fh.read(1024)
+        if is_lfs_pointer(head):
+            raise ConversionError(f"--jsonl {path!r} is {lfs_pointer_reason(head)}; {LFS_FIX}")
     if args.images is not None and not os.path.isdir(args.images):
         raise ConversionError(f"--images {args.images!r} is not a folder (the folder the JSONL image paths "
                               "are relative to)")

@@ -1,9 +1,10 @@
-"""Sample keys and caption words made from file and folder names."""
+"""Text: sample keys and caption words made from file and folder names, and text inputs opened
+the one way the converters read them."""
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import IO, Any
 
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]+")
 
@@ -27,3 +28,9 @@ def words_from_name(name: str, *, drop_leading_number: bool = True, drop_trailin
     while drop_trailing_numbers and len(tokens) > 1 and tokens[-1].isdigit():
         tokens = tokens[:-1]
     return " ".join(tokens)
+
+
+def open_text(path: str) -> IO[str]:
+    """A text input (JSONL, captions, prompt lists, model files) opened for reading as UTF-8,
+    with or without the byte-order mark that Windows editors put first."""
+    return open(path, encoding="utf-8-sig")

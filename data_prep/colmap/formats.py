@@ -9,6 +9,7 @@ import struct
 
 import numpy as np
 
+from ..text import open_text
 from .model import (
     CAMERA_MODELS,
     EXPECTED,
@@ -25,7 +26,7 @@ from .model import (
 
 def _data_lines(path: str):
     """(line number, stripped line) for non-comment, non-empty lines."""
-    with open(path, encoding="utf-8") as fh:
+    with open_text(path) as fh:
         for n, line in enumerate(fh, start=1):
             s = line.strip()
             if s and not s.startswith("#"):
@@ -58,7 +59,7 @@ def read_cameras_text(path: str) -> dict[int, Camera]:
 def read_images_text(path: str) -> dict[int, ImageRecord]:
     images = {}
     name = os.path.basename(path)
-    with open(path, encoding="utf-8") as fh:
+    with open_text(path) as fh:
         lines = fh.readlines()
     i = 0
     while i < len(lines):

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import ConversionError
+from ..text import open_text
 
 
 PROMPTS_FILE = "prompts_and_classes.txt"
@@ -40,7 +41,7 @@ def _prompt_strings(block: str, path: str, section: str) -> list[str]:
 def parse_prompts_file(path: str) -> PromptsTable:
     """DreamBooth's ``prompts_and_classes.txt``."""
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open_text(path) as fh:
             text = fh.read()
     except OSError as exn:
         raise ConversionError(f"cannot read {path} ({exn.strerror or exn})") from exn

@@ -9,7 +9,7 @@ from typing import Any
 from ..conversion import Skip
 from ..errors import ConversionError
 from ..images import list_images
-from ..text import make_key
+from ..text import make_key, open_text
 from .jobs import Job, common_options, fill, prior_jobs, select
 from .prompts import PROMPTS_FILE, dreambooth_dir, parse_prompts_file
 
@@ -104,7 +104,7 @@ def dreambench_jobs(args) -> tuple[list[Job | Skip], dict[str, Any]]:
             key = make_key("dbp", cat, stem)
             cap = os.path.join(base, "captions", cat, stem + ".txt")
             try:
-                with open(cap, encoding="utf-8") as fh:
+                with open_text(cap) as fh:
                     lines = [ln.strip() for ln in fh.read().splitlines() if ln.strip()]
             except FileNotFoundError:
                 jobs.append(Skip(key, f"caption not found: {cap} (needed for the subject name)"))

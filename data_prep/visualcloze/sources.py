@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from ..errors import ConversionError
+from ..text import open_text
 from .columns import COLUMNS
 
 
@@ -103,7 +104,7 @@ class FolderSource(Source):
     def __init__(self, split_dir: str):
         path = os.path.join(split_dir, "data.json")
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open_text(path) as fh:
                 rows = json.load(fh)
         except ValueError as exn:
             raise ConversionError(f"{path} is not valid JSON ({exn}); re-export it with VisualCloze's "

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import webdataset as wds
-from ._data_helpers import solid, write_shards
+from ._data_helpers import LFS_POINTER, solid, write_shards
 from PIL import Image
 
 from deft_omni.data import (
@@ -162,3 +162,20 @@ def test_writer_leaves_no_manifest_on_error(tmp_path):
             w.write(make_sample("k", "x", solid((16, 16))))
             raise RuntimeError("converter crashed")
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_git_lfs_pointers_are_named(tmp_path):
+    """An image (or a whole shard) kept in git LFS but never pulled: say so, and how to fetch it."""
+    with pytest.raises(SampleError, match="git-LFS pointer") as info:
+        parse_sample(_raw(**{"input_1.jpg": LFS_POINTER, "json": json.dumps(
+            {"instruction": "<img><|image_1|></img> x", "task": "t"}).encode()}))
+    assert info.value.key == "key7" and info.value.field == "input_1.jpg"
+    assert "123,456 bytes" in str(info.value) and "`git lfs pull`" in str(info.value)
+    with pytest.raises(SampleError, match="git-LFS pointer.*fix: fetch the real file with `git lfs pull`"):
+        make_sample("k", "x", LFS_POINTER, image_format="jpg")
+    d = write_shards(tmp_path / "set", 2, 2)
+    shard = ShardSet.resolve(d).urls[1]
+    with open(shard, "wb") as fh:
+        fh.write(LFS_POINTER)
+    with pytest.raises(ManifestError, match=r"s-000001.tar' is a git-LFS pointer.*git lfs pull"):
+        ShardSet.resolve(d)

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import webdataset as wds
+from ._data_helpers import modes, umask
 
 from deft_omni.data import ShardSet, build_train_loader, make_synthetic_shards, parse_sample, read_manifest
 
@@ -114,3 +115,15 @@ def test_concurrent_ranks_get_one_complete_set(tmp_path):
     assert got[0] == got[1] and read_manifest(got[0]["train"])["total"] == 32
     assert len(_samples(got[0]["train"])) == 32
     assert sorted(os.listdir(tmp_path)) == ["syn"]
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_set_takes_the_umask_modes(tmp_path, mask):
+    """Folders 0o777 & ~umask and files 0o666 & ~umask, as any file the user makes (not mkdtemp's 0700)."""
+    with umask(mask):
+        paths = make_synthetic_shards(str(tmp_path / "syn"), n_train=4, n_val=1)
+    folders = [tmp_path / "syn", *map(str, paths.values())]
+    files = [os.path.join(p, n) for p in paths.values() for n in os.listdir(p)] + [tmp_path / "syn" / "synthetic.json"]
+    assert len(files) == 5
+    assert modes(*folders) == [0o777 & ~mask] * 3
+    assert modes(*files) == [0o666 & ~mask] * 5

@@ -121,3 +121,8 @@ def run_jsonl(jsonl, imgs, out, *extra):
     from data_prep import omnigen_jsonl
 
     return omnigen_jsonl.main(["--jsonl", jsonl, "--images", imgs, "--out", str(out), "--quiet", *extra])
+
+
+def add_bom(path):
+    """Put the UTF-8 byte-order mark that Windows editors write in front of a text file."""
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())

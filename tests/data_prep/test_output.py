@@ -9,10 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from data_prep import omnigen_jsonl
 from deft_omni.core.atomic import TMP_MARK
+from tests.data._data_helpers import modes, umask
 
 from ._prep_helpers import jsonl_set, manifest, run_jsonl, temporaries
 
@@ -90,3 +92,16 @@ def test_sigterm_and_leftovers_of_a_killed_run(tmp_path):
     assert proc.returncode == 130, err
     assert "removing the leftover temporary folder" in err and str(stale) in err and "interrupted" in err
     assert not out.exists() and not temporaries(tmp_path)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_output_takes_the_umask_modes(tmp_path, mask):
+    """A teammate reads a shared set: folders 0o777 & ~umask, files 0o666 & ~umask (not 0700/0600)."""
+    jsonl, imgs = jsonl_set(tmp_path)
+    out = tmp_path / "shared" / "out"
+    with umask(mask):
+        assert run_jsonl(jsonl, imgs, out, "--maxcount", "4") == 0
+    files = [out / "manifest.json", *sorted(out.glob("*.tar"))]
+    assert len(files) == 3
+    assert modes(out, out.parent) == [0o777 & ~mask] * 2
+    assert modes(*files) == [0o666 & ~mask] * 3

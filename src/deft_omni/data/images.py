@@ -4,6 +4,7 @@ the sample and the field, and say what is wrong with the file (a git-LFS pointer
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 from PIL import Image
@@ -13,6 +14,19 @@ from .errors import SampleError
 # PIL format names, by file extension, for encoding.
 PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
+LFS_FIX = "fetch the real file with `git lfs pull` in the repository it came from, then run again"
+
+
+def is_lfs_pointer(data: bytes) -> bool:
+    """True for the small text file git LFS leaves in place of a file it has not downloaded."""
+    return bytes(data[:len(LFS_POINTER_PREFIX)]) == LFS_POINTER_PREFIX
+
+
+def lfs_pointer_reason(data: bytes) -> str:
+    """'a git-LFS pointer, not the file (the real one has N bytes)' for pointer ``data``."""
+    m = re.search(rb"^size (\d+)\s*$", bytes(data[:1024]), re.MULTILINE)
+    real = f" (the real one has {int(m.group(1)):,} bytes)" if m else ""
+    return f"a git-LFS pointer, not the file{real}: git LFS never downloaded it"
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -29,6 +43,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def encode_image(image: Any, image_format: str, key: str, name: str) -> bytes:
     if isinstance(image, (bytes, bytearray)):
         data = bytes(image)
+        if is_lfs_pointer(data):
+            raise SampleError(f"the image bytes are {lfs_pointer_reason(data)}", key=key, field=name, fix=LFS_FIX)
         try:  # Cheap header check: refuse mislabelled bytes here rather than at train time.
             with Image.open(io.BytesIO(data)) as img:
                 actual = (img.format or "").upper()
@@ -59,6 +75,8 @@ def decode_image(value: Any, key: str, url: str | None, name: str) -> Image.Imag
         return value
     if not isinstance(value, (bytes, bytearray)):
         raise SampleError(f"expected image bytes, got {type(value).__name__}", key=key, url=url, field=name)
+    if is_lfs_pointer(value):
+        raise SampleError(f"the image is {lfs_pointer_reason(value)}", key=key, url=url, field=name, fix=LFS_FIX)
     try:
         img = Image.open(io.BytesIO(value))
         img.load()  # Force the full decode now so truncated files fail here, with a name.

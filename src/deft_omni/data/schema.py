@@ -32,7 +32,15 @@ from PIL import Image
 from ..core.atomic import write_json
 from .errors import ManifestError, SampleError
 # to_rgb: the processor and the converters import it from here.
-from .images import PIL_FORMATS, decode_image, encode_image, to_rgb  # noqa: F401
+from .images import (  # noqa: F401 - to_rgb
+    LFS_FIX,
+    PIL_FORMATS,
+    decode_image,
+    encode_image,
+    is_lfs_pointer,
+    lfs_pointer_reason,
+    to_rgb,
+)
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 OUTPUT_FIELD = "output"
@@ -341,6 +349,7 @@ class ShardSet:
                                     f"{missing[:3]}{'...' if len(missing) > 3 else ''}; re-run the converter")
             if not urls:
                 raise ManifestError(f"{os.path.join(spec, MANIFEST_NAME)} lists no shards")
+            _refuse_lfs_pointers(urls)
             return cls(urls=urls, counts=[s["samples"] for s in manifest["shards"]], root=spec,
                        manifest=manifest)
         from webdataset.shardlists import expand_urls
@@ -354,3 +363,13 @@ class ShardSet:
             by_name = {s["file"]: s["samples"] for s in manifest["shards"]}
         return cls(urls=urls, counts=[by_name.get(os.path.basename(u)) for u in urls], root=root,
                    manifest=manifest)
+
+
+def _refuse_lfs_pointers(urls: Sequence[str]) -> None:
+    """A shard set kept in git LFS but never pulled: say so now, not as a tar error per shard."""
+    for url in urls:
+        if os.path.getsize(url) < 1024:
+            with open(url, "rb") as fh:
+                head = fh.read()
+            if is_lfs_pointer(head):
+                raise ManifestError(f"shard {url!r} is {lfs_pointer_reason(head)}; {LFS_FIX}")

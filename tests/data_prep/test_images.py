@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from data_prep import images
+from deft_omni.data.schema import make_sample
 
 from ._prep_helpers import corrupt_jpeg, save_image
 
@@ -20,8 +22,12 @@ def test_prepare_image_passthrough_resize_exif_alpha(tmp_path):
     big = save_image(tmp_path / "b.jpg", (800, 400))
     img, size = images.prepare_image(big, max_side=64, image_format="jpg")
     assert isinstance(img, Image.Image) and size == (64, 32) and img.mode == "RGB"
-    png_as_jpg, _ = images.prepare_image(small, max_side=64, image_format="png")
-    assert isinstance(png_as_jpg, Image.Image)  # format differs: re-encoded by make_sample
+    # A JPEG asked for as PNG: not passed through, but re-encoded, losslessly, as PNG.
+    png_from_jpg, _ = images.prepare_image(small, max_side=64, image_format="png")
+    stored = make_sample("k", "x", png_from_jpg, image_format="png")["output.png"]
+    assert stored[:8] == b"\x89PNG\r\n\x1a\n" and stored != Path(small).read_bytes()
+    with Image.open(io.BytesIO(stored)) as back, Image.open(small) as source:
+        assert back.format == "PNG" and np.array_equal(np.asarray(back), np.asarray(source.convert("RGB")))
     # EXIF orientation 6 (rotate 90 CW): stored 40x30, shown 30x40.
     exif = Image.Exif()
     exif[0x0112] = 6

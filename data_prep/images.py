@@ -27,32 +27,32 @@ class ImageError(Exception):
     """An unreadable/unusable image; converters turn it into a skip."""
 
 
-def read_bytes(src: str | os.PathLike | bytes) -> bytes:
+def read_bytes(src: str | os.PathLike | bytes, what: str = "image") -> bytes:
     if isinstance(src, (bytes, bytearray)):
         return bytes(src)
     try:
         with open(src, "rb") as fh:
             return fh.read()
     except FileNotFoundError as exn:
-        raise ImageError(f"image file not found: {os.fspath(src)}") from exn
+        raise ImageError(f"{what} file not found: {os.fspath(src)}") from exn
     except OSError as exn:
-        raise ImageError(f"cannot read image: {os.fspath(src)} ({exn.strerror or exn})") from exn
+        raise ImageError(f"cannot read {what}: {os.fspath(src)} ({exn.strerror or exn})") from exn
 
 
 def _describe(src: Any) -> str:
     return os.fspath(src) if isinstance(src, (str, os.PathLike)) else "image bytes"
 
 
-def open_image(data: bytes, src: Any) -> Image.Image:
+def open_image(data: bytes, src: Any, what: str = "image") -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exn:
         if is_lfs_pointer(data):
-            raise ImageError(f"git-LFS pointer, not an image: {_describe(src)} is {lfs_pointer_reason(data)}; "
+            raise ImageError(f"git-LFS pointer, not an {what}: {_describe(src)} is {lfs_pointer_reason(data)}; "
                              f"{LFS_FIX}") from exn
-        raise ImageError(f"not a readable image: {_describe(src)}") from exn
+        raise ImageError(f"not a readable {what}: {_describe(src)}") from exn
     except Exception as exn:  # noqa: BLE001 - PIL raises many types (DecompressionBombError, ...)
-        raise ImageError(f"corrupt image: {_describe(src)} ({exn})") from exn
+        raise ImageError(f"corrupt {what}: {_describe(src)} ({exn})") from exn
 
 
 def _orientation(img: Image.Image) -> int:
@@ -70,7 +70,8 @@ def _fitted_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]
     return max(1, round(w * s)), max(1, round(h * s))
 
 
-def decode_image(img: Image.Image, src: Any, max_side: int | None, *, min_scale_side: int | None = None) -> Image.Image:
+def decode_image(img: Image.Image, src: Any, max_side: int | None, *, min_scale_side: int | None = None,
+                 what: str = "image") -> Image.Image:
     """Load (with JPEG draft decoding when shrinking), EXIF-rotate, downscale."""
     try:
         if max_side and img.format == "JPEG" and max(img.size) > max_side:
@@ -83,7 +84,7 @@ def decode_image(img: Image.Image, src: Any, max_side: int | None, *, min_scale_
     except ImageError:
         raise
     except Exception as exn:  # noqa: BLE001 - truncated / corrupt data
-        raise ImageError(f"corrupt image: {_describe(src)} ({exn})") from exn
+        raise ImageError(f"corrupt {what}: {_describe(src)} ({exn})") from exn
     return img
 
 
@@ -104,8 +105,8 @@ def load_rgb(src: str | os.PathLike | bytes, max_side: int | None = None) -> Ima
 def load_mask(src: str | os.PathLike | bytes, size: tuple[int, int] | None = None) -> Image.Image:
     """A mask as mode 'L' (0 background .. 255 foreground; 0/1 label masks are stretched),
     resized bilinearly to ``size`` when given."""
-    data = read_bytes(src)
-    img = decode_image(open_image(data, src), src, None)
+    data = read_bytes(src, "mask")
+    img = decode_image(open_image(data, src, "mask"), src, None, what="mask")
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         mask = img.convert("RGBA").getchannel("A")
         if mask.getextrema() == (255, 255):  # Opaque: the mask is in the colour channels.
@@ -117,6 +118,26 @@ def load_mask(src: str | os.PathLike | bytes, size: tuple[int, int] | None = Non
     if size is not None and mask.size != tuple(size):
         mask = mask.resize(tuple(size), Image.Resampling.BILINEAR)
     return mask
+
+
+def prepare_mask(src: str | os.PathLike | bytes, stored_size: tuple[int, int]) -> Image.Image:
+    """The mask of an output image stored at ``stored_size``, resized to it.  The mask must have
+    its image's shape (the image's size, or that size scaled): ImageError otherwise."""
+    mask = load_mask(src)
+    (mw, mh), (w, h) = mask.size, stored_size
+    if abs(mh * w / mw - h) > 1 or abs(mw * h / mh - w) > 1:
+        raise ImageError(f"mask size mismatch: {_describe(src)} is {mw}x{mh} px, not the shape of its image "
+                         f"(stored at {w}x{h} px); a mask must be its image's size")
+    return mask if mask.size == (w, h) else mask.resize((w, h), Image.Resampling.BILINEAR)
+
+
+def find_image(folder: str, stem: str) -> str | None:
+    """``<folder>/<stem>.<image suffix>`` (png first), or None."""
+    for suffix in (".png", *(s for s in IMAGE_SUFFIXES if s != ".png")):
+        path = os.path.join(folder, stem + suffix)
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def check_min_side(size: tuple[int, int], what: Any) -> None:

@@ -15,7 +15,9 @@ Training samples: one per subject image, "a photo of sks <class>" (DreamBooth) o
 the loader gives them the prior loss weight) come from a folder of class images:
 ``--class-images DIR`` with one sub-folder per class (``dog/``, ``stuffed_animal/``) or a
 flat folder plus ``--class-name``.  The ``priors`` command writes a prior-only set for
-``data.prior``.
+``data.prior``.  DreamBooth ships no masks: ``--masks DIR`` (laid out as the images,
+``DIR/<subject or category>/<stem>.png``, 255 = subject) stores one per subject image as
+the sample's ``output_mask``, for a masked loss.
 
 Evaluation prompts go to ``<out>/eval_prompts.json`` (and ``--prompts-json PATH``): per
 subject its class / name, live flag, images, the instance prompt and the prompts filled
@@ -36,8 +38,9 @@ from deft_omni.core.atomic import write_json
 
 from ..cli import add_common_args, cli_main, make_parser
 from ..conversion import Conversion
+from ..errors import ConversionError
 from ..output import check_output
-from .jobs import build, prior_jobs
+from .jobs import Job, build, prior_jobs
 from .subjects import dreambench_jobs, dreambooth_jobs
 
 
@@ -76,12 +79,18 @@ def parse_args(argv: Sequence[str] | None = None):
     for q in (db, bp):
         q.add_argument("--prompts-json", default=None,
                        help=f"also write the prompt lists here (always in <out>/{EVAL_FILE})")
+        q.add_argument("--masks", default=None,
+                       help="folder of subject masks laid out as the images (<subject or category>/<stem>.png, "
+                            "255 = subject), stored as each sample's output_mask for a masked loss")
     return p.parse_args(argv)
 
 
 def run(argv: Sequence[str] | None = None):
     args = parse_args(argv)
     check_output(args.out, args.overwrite)  # Refuse before any (long) listing of the inputs.
+    if getattr(args, "masks", None) and not os.path.isdir(args.masks):
+        raise ConversionError(f"--masks {args.masks!r} is not a folder (expected one mask per subject image, "
+                              "laid out as the images: <subject or category>/<stem>.png)")
     if args.mode == "dreambooth":
         jobs, prompts = dreambooth_jobs(args)
         source = "dreambooth"
@@ -93,6 +102,10 @@ def run(argv: Sequence[str] | None = None):
         source = "dreambooth_prior"
     options = {k: v for k, v in vars(args).items() if k not in ("out", "overwrite", "quiet", "workers")}
     with Conversion(args, source=source, options=options) as conv:
+        if getattr(args, "masks", None):
+            unmasked = sum(1 for j in jobs if isinstance(j, Job) and not j.prior and j.mask is None)
+            if unmasked:
+                conv.note("subject images without a mask in --masks", unmasked)
         conv.run(build, jobs)
         if prompts is not None:
             write_json(os.path.join(conv.tmp_dir, EVAL_FILE), prompts, indent=1, ensure_ascii=False)

@@ -12,7 +12,7 @@ from deft_omni.data.schema import SampleError, make_sample
 
 from ..conversion import Skip
 from ..errors import ConversionError
-from ..images import ImageError, list_images, prepare_image
+from ..images import ImageError, find_image, list_images, prepare_image, prepare_mask
 from ..text import make_key
 
 
@@ -27,6 +27,7 @@ class Job:
     max_side: int | None
     image_format: str
     reencode: bool
+    mask: str | None = None  # stored as the sample's output_mask
 
 
 def build(job: Job | Skip) -> Any:
@@ -35,9 +36,10 @@ def build(job: Job | Skip) -> Any:
     try:
         img, size = prepare_image(job.path, max_side=job.max_side, image_format=job.image_format,
                                   reencode=job.reencode)
+        mask = prepare_mask(job.mask, size) if job.mask else None
         return make_sample(job.key, job.instruction, img, task=job.task,
                            meta={**dict(job.meta), "stored_size": list(size)}, image_format=job.image_format,
-                           prior=job.prior)
+                           prior=job.prior, output_mask=mask)
     except ImageError as exn:
         return Skip(job.key, str(exn))
     except SampleError as exn:
@@ -54,6 +56,13 @@ def fill(template: str, option: str, **fields: Any) -> str:
 
 def common_options(args) -> dict[str, Any]:
     return dict(max_side=args.max_side, image_format=args.image_format, reencode=args.reencode)
+
+
+def mask_of(args, folder: str, name: str) -> str | None:
+    """The --masks file of image ``<folder>/<name>``: ``<--masks>/<folder>/<stem>.png`` (or another
+    image suffix); None without --masks or when there is none."""
+    masks = getattr(args, "masks", None)
+    return find_image(os.path.join(masks, folder), os.path.splitext(name)[0]) if masks else None
 
 
 def _class_dir_name(name: str) -> str:

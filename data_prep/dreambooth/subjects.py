@@ -10,7 +10,7 @@ from ..conversion import Skip
 from ..errors import ConversionError
 from ..images import list_images
 from ..text import make_key, open_text
-from .jobs import Job, common_options, fill, prior_jobs, select
+from .jobs import Job, common_options, fill, mask_of, prior_jobs, select
 from .prompts import PROMPTS_FILE, dreambooth_dir, parse_prompts_file
 
 
@@ -45,7 +45,7 @@ def dreambooth_jobs(args) -> tuple[list[Job | Skip], dict[str, Any]]:
             jobs.append(Job(key=make_key("db", subject, os.path.splitext(name)[0]),
                             path=os.path.join(base, subject, name), instruction=instruction, task="dreambooth",
                             meta=(("subject", subject), ("class", cls), ("image", name), ("token", token)),
-                            prior=False, **common_options(args)))
+                            prior=False, mask=mask_of(args, subject, name), **common_options(args)))
         is_live = cls in live
         templates = table.live_prompts if is_live else table.object_prompts
         evals[subject] = {"class": cls, "live": is_live, "instance_prompt": instruction,
@@ -121,7 +121,8 @@ def dreambench_jobs(args) -> tuple[list[Job | Skip], dict[str, Any]]:
             jobs.append(Job(key=key, path=os.path.join(base, "images", cat, name), instruction=instruction,
                             task="dreambench_plus",
                             meta=(("subject", sid), ("category", cat), ("name", subject), ("image", name),
-                                  ("token", token)), prior=False, **common_options(args)))
+                                  ("token", token)), prior=False, mask=mask_of(args, cat, name),
+                            **common_options(args)))
             filled = [_with_token(p, subject, token) for p in prompts]
             live = cat in ("animal", "human")
             evals[sid] = {"category": cat, "name": subject, "live": live, "image": f"{cat}/{name}",

@@ -8,9 +8,10 @@ Layout read (the data set's release)::
     <root>/Background/*.jpg
 
 ``objects``: one sample per view, "a photo of sks <object words>" (words from the folder
-name, token from --unique-token, template configurable).  The mask can composite the
-object on a plain colour or on a Background/ image; objects by id or name; N views per
-object, evenly spaced.
+name, token from --unique-token, template configurable).  Each view's mask is stored as
+the sample's ``output_mask`` (for a masked loss; ``--no-masks`` leaves it out) and can
+composite the object on a plain colour or on a Background/ image; objects by id or name;
+N views per object, evenly spaced.
 
 ``scenes``: one sample per scene photo (downscaled on conversion: 8192x6144 originals are
 decoded at 1/8 scale in the JPEG DCT domain), "a photo of sks <scene words>"; with
@@ -28,6 +29,7 @@ None keeps the template caption).  Nothing is downloaded.
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Sequence
 
@@ -64,6 +66,8 @@ def parse_args(argv: Sequence[str] | None = None):
     o.add_argument("--background-colour", type=parse_colour, default=(255, 255, 255),
                    help="colour for --composite colour: white, black, gray, #rrggbb or r,g,b")
     o.add_argument("--backgrounds", default=None, help="folder of background images (default: <root>/Background)")
+    o.add_argument("--masks", action=argparse.BooleanOptionalAction, default=True,
+                   help="store each view's mask (masks/NNN.png) as the sample's output_mask, for a masked loss")
     s.add_argument("--levels", default="easy,hard", help="scene levels to convert")
     s.add_argument("--scenes", default=None, help="comma-separated scene folder names (default: all)")
     s.add_argument("--crops", choices=["off", "add", "only"], default="off",
@@ -86,8 +90,8 @@ def run(argv: Sequence[str] | None = None):
             raise ConversionError(f"--views must be >= 1, got {args.views}")
         jobs, build, source = object_jobs(args), build_object, SOURCE_OBJECTS
         options = {"root": os.path.abspath(args.root), "objects": args.objects, "views": args.views,
-                   "composite": args.composite, "template": args.template, "captioner": args.captioner,
-                   "token": args.unique_token, "max_side": args.max_side}
+                   "composite": args.composite, "masks": args.masks, "template": args.template,
+                   "captioner": args.captioner, "token": args.unique_token, "max_side": args.max_side}
     else:
         jobs, build, source = scene_jobs(args), build_scene, SOURCE_SCENES
         options = {"root": os.path.abspath(args.root), "levels": args.levels, "scenes": args.scenes,

@@ -13,7 +13,7 @@ from deft_omni.data.schema import SampleError, make_sample
 
 from ..conversion import Skip
 from ..errors import ConversionError
-from ..images import ImageError, check_min_side, list_images, load_mask, load_rgb, prepare_image
+from ..images import ImageError, check_min_side, list_images, load_rgb, prepare_image, prepare_mask
 from ..text import make_key
 from .captions import caption_for, check_template
 from .layout import list_objects, select_objects
@@ -40,6 +40,7 @@ class ObjectJob:
     max_side: int | None
     image_format: str
     reencode: bool
+    store_mask: bool = True  # the view's mask becomes the sample's output_mask
 
 
 def _cover(img: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -53,6 +54,7 @@ def _cover(img: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 def build_object(job: ObjectJob) -> Any:
     meta = dict(job.meta)
+    mask = None
     try:
         if job.composite == "none" and not job.captioner:
             out, size = prepare_image(job.image, max_side=job.max_side, image_format=job.image_format,
@@ -64,7 +66,7 @@ def build_object(job: ObjectJob) -> Any:
                 if job.mask is None or not os.path.isfile(job.mask):
                     return Skip(job.key, f"mask not found: {job.mask or job.image} (needed by --composite "
                                          f"{job.composite}; use --composite none or add masks/)")
-                mask = load_mask(job.mask, size=img.size)
+                mask = prepare_mask(job.mask, img.size)
                 if job.composite == "colour":
                     back = Image.new("RGB", img.size, job.colour)
                 else:
@@ -75,7 +77,10 @@ def build_object(job: ObjectJob) -> Any:
                                                     "path": job.image})
             out, size = img, img.size
         meta["stored_size"] = list(size)
-        return make_sample(job.key, caption, out, task="insdet_object", meta=meta, image_format=job.image_format)
+        if job.store_mask and job.mask is not None and mask is None:
+            mask = prepare_mask(job.mask, size)
+        return make_sample(job.key, caption, out, task="insdet_object", meta=meta, image_format=job.image_format,
+                           output_mask=mask if job.store_mask else None)
     except ImageError as exn:
         return Skip(job.key, str(exn))
     except SampleError as exn:
@@ -119,5 +124,5 @@ def object_jobs(args) -> list[ObjectJob]:
                                   instruction=" ".join(instruction.split()), meta=tuple(meta.items()),
                                   composite=args.composite, colour=args.background_colour,
                                   background=background, captioner=args.captioner, max_side=args.max_side,
-                                  image_format=args.image_format, reencode=args.reencode))
+                                  image_format=args.image_format, reencode=args.reencode, store_mask=args.masks))
     return jobs

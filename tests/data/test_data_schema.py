@@ -14,8 +14,10 @@ from PIL import Image
 
 from deft_omni.data import (
     ManifestError,
+    MaskWarning,
     SampleError,
     ShardSet,
+    ShardSetWriter,
     make_sample,
     parse_sample,
     read_manifest,
@@ -179,3 +181,53 @@ def test_git_lfs_pointers_are_named(tmp_path):
         fh.write(LFS_POINTER)
     with pytest.raises(ManifestError, match=r"s-000001.tar' is a git-LFS pointer.*git lfs pull"):
         ShardSet.resolve(d)
+
+
+def _mask(size_wh, box=None, fill=0):
+    m = Image.new("L", size_wh, fill)
+    if box:
+        m.paste(255, box)
+    return m
+
+
+def test_output_mask_round_trip_and_manifest_count(tmp_path):
+    out, mask = _gradient(32, 48), _mask((48, 32), (8, 8, 24, 24))
+    with ShardSetWriter(str(tmp_path), source="unit") as writer:
+        writer.write(make_sample("m", "x", out, output_mask=mask))
+        writer.write(make_sample("b", "x", _encode(out, "JPEG"), image_format="jpg",
+                                 output_mask=_encode(mask.convert("1"), "PNG")))  # PNG bytes of a 1-bit mask
+        writer.write(make_sample("n", "x", out))
+    parsed = {p.key: p for p in map(parse_sample, wds.WebDataset(ShardSet.resolve(str(tmp_path)).urls,
+                                                                 shardshuffle=False, empty_check=False))}
+    for key in ("m", "b"):
+        got = parsed[key].output_mask
+        assert got.mode == "L" and got.size == (48, 32) and np.array_equal(np.asarray(got), np.asarray(mask))
+    assert parsed["n"].output_mask is None
+    assert read_manifest(str(tmp_path))["output_masks"] == 2
+    legacy = json.loads((tmp_path / "manifest.json").read_text())
+    del legacy["output_masks"]  # manifests written before masks existed
+    (tmp_path / "manifest.json").write_text(json.dumps(legacy))
+    assert read_manifest(str(tmp_path))["output_masks"] == 0
+
+
+@pytest.mark.parametrize("mask, text", [
+    (_mask((16, 32), (0, 0, 8, 8)), "the mask is 16x32 px but the output image is 32x32 px"),
+    (_mask((32, 32)), "the mask is empty"),
+    (Image.new("RGB", (32, 32), (255, 255, 255)), "mode 'RGB'; it must be single-channel"),
+])
+def test_bad_output_masks_name_the_sample(mask, text):
+    with pytest.raises(SampleError, match=text) as info:
+        make_sample("k3", "x", solid((32, 32)), output_mask=mask)
+    assert info.value.key == "k3" and info.value.field == "output_mask"
+    with pytest.raises(SampleError, match=text) as info:
+        parse_sample(_raw(**{"output.png": _encode(solid((32, 32)), "PNG"), "output_mask.png": _encode(mask, "PNG")}))
+    assert (info.value.key, info.value.url, info.value.field) == ("key7", "/d/shard-000003.tar", "output_mask.png")
+
+
+def test_a_full_output_mask_warns_with_the_sample_name():
+    full = _mask((32, 32), fill=255)
+    with pytest.warns(MaskWarning, match="sample 'k3': the output mask is full"):
+        sample = make_sample("k3", "x", solid((32, 32)), output_mask=full)
+    with pytest.warns(MaskWarning, match="sample 'k3' in shard '/d/s.tar': the output mask is full"):
+        parsed = parse_sample({**sample, "__url__": "/d/s.tar"})
+    assert parsed.output_mask.getextrema() == (255, 255)

@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from data_prep import omnigen_jsonl
+from deft_omni.data import MaskWarning
 from tests.data._data_helpers import LFS_POINTER
 
 from ._prep_helpers import (
@@ -18,6 +20,7 @@ from ._prep_helpers import (
     manifest,
     read_samples,
     save_image,
+    save_mask,
     skipped_keys,
     temporaries,
 )
@@ -164,3 +167,28 @@ def test_experiment_omnigen_reads_what_prepare_jsonl_writes(tmp_path, monkeypatc
         dry = subprocess.run(["make", "-n", "prepare-jsonl", "JSONL=t.jsonl", f"OUT={data}"], cwd=REPO,
                              env={**os.environ, "MAKEFLAGS": ""}, capture_output=True, text=True)
         assert f"--out {data / 'omnigen' / 'train'} " in dry.stdout, dry.stdout + dry.stderr
+
+
+def test_output_masks(tmp_path, images):
+    """An optional "output_mask" path per line: stored as the sample's output_mask."""
+    save_mask(images / "a_mask.png", (48, 32))
+    Image.new("L", (48, 32), 255).save(images / "full.png")
+    jsonl = _write_jsonl(tmp_path / "m.jsonl", [
+        {"instruction": "masked", "output_image": "a.jpg", "output_mask": "a_mask.png"},
+        {"instruction": "plain", "output_image": "a.jpg"},
+        {"instruction": "no file", "output_image": "a.jpg", "output_mask": "gone.png"},
+        {"instruction": "not a path", "output_image": "a.jpg", "output_mask": 3},
+        {"instruction": "full", "output_image": "a.jpg", "output_mask": "full.png"},
+    ])
+    out = tmp_path / "out"
+    with pytest.warns(MaskWarning, match="sample 'm_0000005': the output mask is full"):
+        assert omnigen_jsonl.main(["--jsonl", jsonl, "--images", str(images), "--out", str(out), "--quiet"]) == 0
+    with pytest.warns(MaskWarning, match="sample 'm_0000005' in shard .*shard-000000.tar'"):  # and on reading
+        samples = {s.key: s for s in read_samples(out)}
+    assert samples["m_0000001"].output_mask.getextrema() == (0, 255)
+    assert samples["m_0000001"].meta["output_mask"] == "a_mask.png" and "extra" not in samples["m_0000001"].meta
+    assert samples["m_0000002"].output_mask is None
+    skipped = skipped_keys(out)
+    assert skipped["m_0000003"].startswith("mask file not found: m.jsonl:3:")
+    assert "'output_mask' must be a non-empty path" in skipped["m_0000004"]
+    assert manifest(out)["output_masks"] == 2

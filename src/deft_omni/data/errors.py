@@ -23,3 +23,7 @@ class SampleError(ValueError):
 
 class ManifestError(ValueError):
     """A missing, unreadable or inconsistent manifest.json."""
+
+
+class MaskWarning(UserWarning):
+    """An output mask that is valid but weights nothing out (every pixel foreground)."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from typing import Any
 
 from PIL import Image
 
-from .errors import SampleError
+from .errors import MaskWarning, SampleError
 
 # PIL format names, by file extension, for encoding.
 PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -84,3 +85,46 @@ def decode_image(value: Any, key: str, url: str | None, name: str) -> Image.Imag
         raise SampleError(f"cannot decode image ({exn})", key=key, url=url, field=name,
                           fix="re-encode the image or drop the sample in the converter") from exn
     return img
+
+
+def image_size(image: Any) -> tuple[int, int]:
+    """(width, height) of a PIL image or of encoded bytes (read from the header only)."""
+    if isinstance(image, Image.Image):
+        return image.size
+    with Image.open(io.BytesIO(image)) as img:
+        return img.size
+
+
+def check_mask(mask: Image.Image, output_size: tuple[int, int], *, key: str | None, url: str | None = None,
+               name: str = "output_mask") -> Image.Image:
+    """The output mask as mode 'L' (0 background .. 255 foreground), or a SampleError when it is
+    not single-channel, not the output image's size, or empty; a full one warns (MaskWarning)."""
+    if mask.mode not in ("L", "1"):
+        raise SampleError(f"the mask has mode {mask.mode!r}; it must be single-channel", key=key, url=url,
+                          field=name, fix="store a grayscale (mode 'L') PNG: 0 background .. 255 foreground")
+    mask = mask.convert("L") if mask.mode == "1" else mask
+    if mask.size != tuple(output_size):
+        raise SampleError(f"the mask is {mask.size[0]}x{mask.size[1]} px but the output image is "
+                          f"{output_size[0]}x{output_size[1]} px", key=key, url=url, field=name,
+                          fix="store the mask at the output image's size")
+    low, high = mask.getextrema()
+    if high == 0:
+        raise SampleError("the mask is empty (no foreground pixel): a masked loss would have nothing to learn",
+                          key=key, url=url, field=name, fix="check the mask file, or store the sample without one")
+    if low == 255:
+        where = f" in shard {url!r}" if url else ""
+        warnings.warn(f"sample {key!r}{where}: the output mask is full (every pixel foreground), so it weights "
+                      "the loss as no mask would", MaskWarning, stacklevel=3)
+    return mask
+
+
+def encode_mask(mask: Any, output_size: tuple[int, int], key: str) -> bytes:
+    """PNG bytes of a checked output mask (a PIL image or PNG bytes)."""
+    if isinstance(mask, (bytes, bytearray)):
+        mask = decode_image(mask, key, None, "output_mask")
+    elif not isinstance(mask, Image.Image):
+        raise SampleError(f"expected a PIL image or PNG bytes, got {type(mask).__name__}", key=key,
+                          field="output_mask")
+    buf = io.BytesIO()
+    check_mask(mask, output_size, key=key).save(buf, format="PNG")
+    return buf.getvalue()

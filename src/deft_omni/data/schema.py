@@ -11,11 +11,16 @@ A shard is a webdataset tar.  One sample is a group of tar members sharing a key
     The target image, ``ext`` in png / jpg / jpeg / webp.
 ``<key>.input_<k>.<ext>``
     Input image k (1-based, matching ``<|image_k|>``).
+``<key>.output_mask.png`` (optional)
+    Where the output image is the subject: a single-channel (mode 'L') PNG of exactly the
+    output image's size, 0 = background .. 255 = foreground (soft edges allowed); a masked
+    loss weights the output's pixels by it.  Never empty; a full mask is allowed (it weights
+    as no mask would) but warned about.
 
 webdataset splits a member name at the *first* dot of its base name, so keys must not
 contain dots (the extensions may).  Beside the shards lies ``manifest.json`` (see
 :func:`write_manifest`), which records sample counts so that loaders can size epochs
-without opening tars.
+without opening tars, and how many samples carry an output mask.
 """
 
 from __future__ import annotations
@@ -35,8 +40,11 @@ from .errors import ManifestError, SampleError
 from .images import (  # noqa: F401 - to_rgb
     LFS_FIX,
     PIL_FORMATS,
+    check_mask,
     decode_image,
     encode_image,
+    encode_mask,
+    image_size,
     is_lfs_pointer,
     lfs_pointer_reason,
     to_rgb,
@@ -44,6 +52,8 @@ from .images import (  # noqa: F401 - to_rgb
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 OUTPUT_FIELD = "output"
+OUTPUT_MASK_FIELD = "output_mask"
+OUTPUT_MASK_MEMBER = f"{OUTPUT_MASK_FIELD}.png"
 INPUT_FIELD_RE = re.compile(r"^input_(\d+)\.([a-z0-9]+)$")
 IMAGE_TAG_RE = re.compile(r"<\|image_(\d+)\|>")
 KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+(?:/[A-Za-z0-9_\-]+)*$")
@@ -82,11 +92,13 @@ def check_image_tags(instruction: str, n_images: int, *, key: str | None = None,
 def make_sample(key: str, instruction: str, output_image: Any, input_images: Sequence[Any] = (),
                 task: str = "text_to_image", meta: Mapping[str, Any] | None = None,
                 camera: Mapping[str, float] | None = None, image_format: str = "png",
-                prior: bool = False) -> dict[str, Any]:
+                prior: bool = False, output_mask: Any = None) -> dict[str, Any]:
     """Build one sample dict for ``wds.ShardWriter.write`` (or :class:`ShardSetWriter`).
 
-    Images are PIL images or already encoded bytes in ``image_format``.  Everything the
-    loader would reject is rejected here, at conversion time.
+    Images are PIL images or already encoded bytes in ``image_format``; ``output_mask`` is
+    None or a single-channel PIL image (or PNG bytes) of the output image's size, stored as
+    ``output_mask.png``.  Everything the loader would reject is rejected here, at conversion
+    time.
     """
     if not isinstance(key, str) or not KEY_RE.match(key):
         raise SampleError("keys may hold only letters, digits, '_', '-' and inner '/' (no dots)",
@@ -112,6 +124,8 @@ def make_sample(key: str, instruction: str, output_image: Any, input_images: Seq
               f"{OUTPUT_FIELD}.{image_format}": encode_image(output_image, image_format, key, "output")}
     for k, img in enumerate(input_images, start=1):
         sample[f"input_{k}.{image_format}"] = encode_image(img, image_format, key, f"input_{k}")
+    if output_mask is not None:
+        sample[OUTPUT_MASK_MEMBER] = encode_mask(output_mask, image_size(output_image), key)
     return sample
 
 
@@ -141,6 +155,7 @@ class Sample:
     camera: dict[str, float] | None = None
     is_prior: bool = False
     url: str | None = None
+    output_mask: Image.Image | None = None  # mode 'L', the output's size, 255 = foreground
 
 
 def parse_sample(raw: Mapping[str, Any]) -> Sample:
@@ -193,11 +208,16 @@ def parse_sample(raw: Mapping[str, Any]) -> Sample:
                           key=key, url=url, field="input_<k>",
                           fix="store input images as input_1.<ext>, input_2.<ext>, ...")
     check_image_tags(instruction, len(inputs), key=key, url=url)
+    output = decode_image(raw[outputs[0]], key, url, outputs[0])
+    mask = raw.get(OUTPUT_MASK_MEMBER)
+    if mask is not None:
+        mask = check_mask(decode_image(mask, key, url, OUTPUT_MASK_MEMBER), output.size, key=key, url=url,
+                          name=OUTPUT_MASK_MEMBER)
     return Sample(
-        key=key, instruction=instruction, task=task,
-        output=decode_image(raw[outputs[0]], key, url, outputs[0]),
+        key=key, instruction=instruction, task=task, output=output,
         inputs=[decode_image(raw[inputs[k]], key, url, inputs[k]) for k in sorted(inputs)],
-        meta=dict(meta), camera=camera, is_prior=bool(meta_raw.get("prior", False)), url=url)
+        meta=dict(meta), camera=camera, is_prior=bool(meta_raw.get("prior", False)), url=url,
+        output_mask=mask)
 
 
 # ----------------------------------------------------------------------- manifest
@@ -205,12 +225,14 @@ def parse_sample(raw: Mapping[str, Any]) -> Sample:
 
 def write_manifest(directory: str, shards: Iterable[tuple[str, int]] | Iterable[Mapping[str, Any]],
                    *, source: str, options: Mapping[str, Any] | None = None,
-                   skipped: Iterable[Mapping[str, Any]] = ()) -> str:
+                   skipped: Iterable[Mapping[str, Any]] = (), output_masks: int = 0) -> str:
     """Write ``<directory>/manifest.json`` atomically (deft_omni.core.atomic: fsync, umask modes).
 
     ``shards``: (file name relative to the directory, sample count) pairs or
     ``{"file", "samples"}`` dicts; ``skipped``: ``{"key" or "file", "reason"}`` records of
-    what the converter dropped.  Returns the manifest path.
+    what the converter dropped; ``output_masks``: how many samples carry an
+    ``output_mask.png`` (0: none; manifests written before masks existed lack the field).
+    Returns the manifest path.
     """
     entries = []
     for item in shards:
@@ -224,7 +246,9 @@ def write_manifest(directory: str, shards: Iterable[tuple[str, int]] | Iterable[
             raise ManifestError(f"skipped records need 'key' or 'file' and 'reason': {rec}")
     manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "shards": entries,
                 "total": sum(e["samples"] for e in entries), "source": str(source),
-                "options": dict(options or {}), "skipped": skipped_list}
+                "options": dict(options or {}), "skipped": skipped_list, "output_masks": int(output_masks)}
+    if not 0 <= manifest["output_masks"] <= manifest["total"]:
+        raise ManifestError(f"output_masks {output_masks} is not between 0 and the total {manifest['total']}")
     path = os.path.join(directory, MANIFEST_NAME)
     write_json(path, manifest, indent=1, sort_keys=True)
     return path
@@ -256,6 +280,10 @@ def read_manifest(directory: str) -> dict[str, Any]:
         raise ManifestError(f"{path}: every shard entry needs 'file' (str) and 'samples' (int)")
     if sum(s["samples"] for s in shards) != manifest["total"]:
         raise ManifestError(f"{path}: total {manifest['total']} != sum of shard counts")
+    masks = manifest.setdefault("output_masks", 0)
+    if not isinstance(masks, int) or not 0 <= masks <= manifest["total"]:
+        raise ManifestError(f"{path}: output_masks {masks!r} is not a count between 0 and the total; "
+                            "re-run the converter")
     return manifest
 
 
@@ -276,6 +304,7 @@ class ShardSetWriter:
         self.directory, self.source, self.options = directory, source, dict(options or {})
         self.counts: dict[str, int] = {}
         self.skipped: list[dict[str, Any]] = []
+        self.output_masks = 0
         self._closed = False
         # mtime=0 makes identical inputs give byte-identical tars (idempotent converters).
         self._writer = wds.ShardWriter(os.path.join(directory, f"{prefix}-%06d.tar"),
@@ -285,6 +314,7 @@ class ShardSetWriter:
         self._writer.write(dict(sample))
         name = os.path.basename(self._writer.fname)
         self.counts[name] = self.counts.get(name, 0) + 1
+        self.output_masks += OUTPUT_MASK_MEMBER in sample
 
     def skip(self, key: str, reason: str) -> None:
         self.skipped.append({"key": key, "reason": reason})
@@ -302,7 +332,7 @@ class ShardSetWriter:
         if not write_manifest_file:
             return None
         return write_manifest(self.directory, sorted(self.counts.items()), source=self.source,
-                              options=self.options, skipped=self.skipped)
+                              options=self.options, skipped=self.skipped, output_masks=self.output_masks)
 
     def __enter__(self) -> ShardSetWriter:
         return self

@@ -59,7 +59,7 @@ def load_callable(spec: str, what: str = "captioner") -> Callable[..., Any]:
 # ------------------------------------------------------------------------------- CLI
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError as exn:
@@ -70,7 +70,7 @@ def _positive_int(text: str) -> int:
 
 
 def _max_side(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value < 16:
         raise argparse.ArgumentTypeError(f"--max-side {value} is below 16 px (one OmniGen token)")
     return value
@@ -90,7 +90,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, max_side: int = 1024, ma
                         "0 = all CPU cores)")
     g.add_argument("--strict", action="store_true",
                    help="stop at the first input that would be skipped (corrupt image, bad line, ...)")
-    g.add_argument("--maxcount", type=_positive_int, default=maxcount, help="samples per shard")
+    g.add_argument("--maxcount", type=positive_int, default=maxcount, help="samples per shard")
     g.add_argument("--maxsize", type=float, default=1e9, help="bytes per shard (upper bound)")
     g.add_argument("--max-side", type=_max_side, default=max_side,
                    help="downscale images so the longer side is at most this (never upscaled)")
@@ -98,7 +98,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, max_side: int = 1024, ma
                    help="format of the stored images (inputs already in it pass through unchanged)")
     g.add_argument("--reencode", action="store_true",
                    help="re-encode every image even when its bytes could be stored unchanged")
-    g.add_argument("--limit", type=_positive_int, default=None,
+    g.add_argument("--limit", type=positive_int, default=None,
                    help="convert only the first N items (quick looks)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     if token:

@@ -62,7 +62,7 @@ class Stats:
         return self.images / max(self.seconds, 1e-9)
 
 
-def _reason_class(reason: str) -> str:
+def reason_class(reason: str) -> str:
     """Group skip reasons for the summary: reasons read 'class: details'."""
     return reason.split(":", 1)[0].strip()[:60] or "unknown"
 
@@ -146,7 +146,7 @@ class Conversion:
             raise StrictError(f"--strict: {key}: {reason}")
         self._writer.skip(key, reason)
         self.stats.skipped += 1
-        self.stats.reasons[_reason_class(reason)] += 1
+        self.stats.reasons[reason_class(reason)] += 1
 
     def note(self, what: str, n: int = 1) -> None:
         """Count inputs left out on purpose (filters), reported in the summary and manifest."""

@@ -10,4 +10,7 @@ manifest), which is the contract the training loader reads.  What they share:
 * ``pool``: the ordered process pool behind --workers;
 * ``images``: decode-checked image reading; ``text``: keys and caption words;
 * ``cli``: the shared options and error handling; ``errors``: the fatal errors.
+
+``python -m data_prep.summary SHARDS...`` looks at a converted set before training (counts,
+sizes, lengths, duplicates, tag mismatches, a contact sheet); see docs/data.md.
 """

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from deft_omni.data.schema import IMAGE_EXTS, MANIFEST_NAME, SampleError, ShardSetWriter
+from deft_omni.data.schema import IMAGE_EXTS, MANIFEST_NAME, OUTPUT_MASK_MEMBER, SampleError, ShardSetWriter
 
 from .errors import ConversionError, StrictError
 from .output import output_folder
@@ -41,7 +41,9 @@ class Skip:
 
 
 def count_images(sample: Mapping[str, Any]) -> int:
-    return sum(1 for name in sample if name != "__key__" and name.rsplit(".", 1)[-1] in IMAGE_EXTS)
+    """The sample's output and input images (its mask is not counted)."""
+    return sum(1 for name in sample
+               if name not in ("__key__", OUTPUT_MASK_MEMBER) and name.rsplit(".", 1)[-1] in IMAGE_EXTS)
 
 
 @dataclass

@@ -191,4 +191,4 @@ def test_output_masks(tmp_path, images):
     skipped = skipped_keys(out)
     assert skipped["m_0000003"].startswith("mask file not found: m.jsonl:3:")
     assert "'output_mask' must be a non-empty path" in skipped["m_0000004"]
-    assert manifest(out)["output_masks"] == 2
+    assert manifest(out)["output_masks"] == 2 and manifest(out)["options"]["stats"]["images"] == 3  # masks aside

@@ -7,7 +7,9 @@ One JSON object per line (OmniGen's ``docs/fine-tuning.md`` format)::
     {"task_type": "image_edit", "instruction": "<img><|image_1|></img> in the snow",
      "input_images": ["dog/00.jpg"], "output_image": "dog/01.jpg"}
 
-Paths are relative to ``--images`` (default: the JSONL file's folder); absolute paths are
+An optional ``"output_mask": "dog/00_mask.png"`` names the output image's mask (its size
+or that size scaled, 255 = subject), stored as the sample's ``output_mask`` for a masked
+loss.  Paths are relative to ``--images`` (default: the JSONL file's folder); absolute paths are
 used as they are.  Every line is checked: valid JSON, the fields' types, the
 ``<|image_k|>`` tags against ``input_images`` (1..n, in order, each once) and the images
 themselves.  A bad line is skipped with ``FILE:LINE`` in its reason (listed in the
@@ -24,22 +26,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from deft_omni.data.images import LFS_FIX, is_lfs_pointer, lfs_pointer_reason
 from deft_omni.data.schema import SampleError, check_image_tags, make_sample
 
-from .common import (
-    Conversion,
-    ConversionError,
-    ImageError,
-    Skip,
-    add_common_args,
-    check_output,
-    cli_main,
-    key_part,
-    make_key,
-    make_parser,
-    prepare_image,
-    skip_from,
-)
+from .cli import add_common_args, cli_main, make_parser
+from .conversion import Conversion, Skip, skip_from
+from .errors import ConversionError
+from .images import ImageError, prepare_image, prepare_mask
+from .output import check_output
+from .text import key_part, make_key, open_text
 
 SOURCE = "omnigen_jsonl"
 
@@ -52,6 +47,7 @@ class Job:
     task: str = ""
     output: str = ""
     inputs: tuple[str, ...] = ()
+    mask: str | None = None  # the output image's mask, stored as output_mask
     meta: tuple[tuple[str, Any], ...] = ()
     error: str | None = None  # set: the line is already known bad
     max_side: int | None = None
@@ -74,7 +70,7 @@ def read_jobs(jsonl_files: Sequence[str], image_dir: str | None, *, default_task
         name = os.path.basename(path)
         folder = image_dir if image_dir is not None else os.path.dirname(os.path.abspath(path))
         try:
-            fh = open(path, encoding="utf-8")
+            fh = open_text(path)
         except OSError as exn:
             raise ConversionError(f"cannot read --jsonl {path!r} ({exn.strerror or exn})") from exn
         with fh:
@@ -111,6 +107,9 @@ def _job_from_line(line: str, key: str, where: str, folder: str, default_task: s
         inputs = [inputs]
     if not isinstance(inputs, list) or not all(isinstance(p, str) and p for p in inputs):
         return bad(f"invalid record: {where}: 'input_images' must be a list of paths")
+    mask = rec.get("output_mask")
+    if mask is not None and (not isinstance(mask, str) or not mask):
+        return bad(f"invalid record: {where}: 'output_mask' must be a non-empty path (or left out)")
     task = rec.get("task_type", default_task)
     if not isinstance(task, str) or not task:
         return bad(f"invalid record: {where}: 'task_type' must be a string")
@@ -120,12 +119,15 @@ def _job_from_line(line: str, key: str, where: str, folder: str, default_task: s
         return bad(f"tag/image mismatch: {where}: {exn.reason} (fix: {exn.fix})")
     meta = {"source_file": where.rsplit(":", 1)[0], "line": int(where.rsplit(":", 1)[1]),
             "output_image": output, "input_images": list(inputs)}
+    if mask is not None:
+        meta["output_mask"] = mask
     extra = {k: v for k, v in rec.items()
-             if k not in ("instruction", "output_image", "input_images", "task_type")}
+             if k not in ("instruction", "output_image", "input_images", "task_type", "output_mask")}
     if extra:
         meta["extra"] = extra
     return Job(key=key, where=where, instruction=instruction, task=task,
                output=_resolve(output, folder), inputs=tuple(_resolve(p, folder) for p in inputs),
+               mask=_resolve(mask, folder) if mask is not None else None,
                meta=tuple(meta.items()), **common)
 
 
@@ -133,15 +135,16 @@ def build(job: Job) -> Any:
     if job.error is not None:
         return Skip(job.key, job.error)
     try:
-        out, _ = prepare_image(job.output, max_side=job.max_side, image_format=job.image_format,
-                               reencode=job.reencode)
+        out, size = prepare_image(job.output, max_side=job.max_side, image_format=job.image_format,
+                                  reencode=job.reencode)
+        mask = prepare_mask(job.mask, size) if job.mask is not None else None
         ins = []
         for path in job.inputs:
             img, _ = prepare_image(path, max_side=job.max_side, image_format=job.image_format,
                                    reencode=job.reencode)
             ins.append(img)
         return make_sample(job.key, job.instruction, out, ins, task=job.task, meta=dict(job.meta),
-                           image_format=job.image_format)
+                           image_format=job.image_format, output_mask=mask)
     except ImageError as exn:
         return Skip(job.key, _located(str(exn), job.where))
     except SampleError as exn:
@@ -173,6 +176,10 @@ def run(argv: Sequence[str] | None = None):
         if not os.path.isfile(path):
             raise ConversionError(f"--jsonl {path!r} does not exist (expected an OmniGen JSONL file: one "
                                   '{"task_type", "instruction", "input_images", "output_image"} object per line)')
+        with open(path, "rb") as fh:
+            head = fh.read(1024)
+        if is_lfs_pointer(head):
+            raise ConversionError(f"--jsonl {path!r} is {lfs_pointer_reason(head)}; {LFS_FIX}")
     if args.images is not None and not os.path.isdir(args.images):
         raise ConversionError(f"--images {args.images!r} is not a folder (the folder the JSONL image paths "
                               "are relative to)")

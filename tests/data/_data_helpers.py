@@ -3,6 +3,7 @@ conftest.py, so ``import conftest`` would be ambiguous)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from PIL import Image
@@ -71,3 +72,22 @@ def write_shards(directory, n_shards, per_shard, *, prefix="s", sizes=((32, 32),
                                          meta={"size": list(size)})
                 writer.write(sample)
     return str(directory)
+
+
+LFS_POINTER = (b"version https://git-lfs.github.com/spec/v1\n"
+               b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 123456\n")
+
+
+@contextlib.contextmanager
+def umask(mask):
+    """Run a block under another process umask (CI runs as root, where permissions never fail)."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def modes(*paths):
+    """The permission bits of each path."""
+    return [os.stat(p).st_mode & 0o777 for p in paths]

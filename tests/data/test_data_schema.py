@@ -9,13 +9,15 @@ import os
 import numpy as np
 import pytest
 import webdataset as wds
-from ._data_helpers import solid, write_shards
+from ._data_helpers import LFS_POINTER, solid, write_shards
 from PIL import Image
 
 from deft_omni.data import (
     ManifestError,
+    MaskWarning,
     SampleError,
     ShardSet,
+    ShardSetWriter,
     make_sample,
     parse_sample,
     read_manifest,
@@ -128,14 +130,17 @@ def test_manifest_round_trip_and_errors(tmp_path):
 def test_manifest_write_is_atomic(tmp_path, monkeypatch):
     write_manifest(str(tmp_path), [("a.tar", 1)], source="old")
 
-    def failing_dump(obj, fh, **kw):
-        fh.write('{"format": "deft_omni.shards", "partial')
+    seen = []
+
+    def failing_fsync(fd):  # the new content is in a temporary file beside the manifest
+        seen.extend(n for n in os.listdir(tmp_path) if n != "manifest.json")
         raise OSError("disk full")
 
-    monkeypatch.setattr(schema.json, "dump", failing_dump)
+    monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="disk full"):
         write_manifest(str(tmp_path), [("b.tar", 2)], source="new")
     monkeypatch.undo()
+    assert seen  # the failure came mid-write, with a temporary file to clean up
     assert read_manifest(str(tmp_path))["source"] == "old"  # the old file survived intact
     assert os.listdir(tmp_path) == ["manifest.json"]  # and no temp file is left behind
 
@@ -159,3 +164,70 @@ def test_writer_leaves_no_manifest_on_error(tmp_path):
             w.write(make_sample("k", "x", solid((16, 16))))
             raise RuntimeError("converter crashed")
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_git_lfs_pointers_are_named(tmp_path):
+    """An image (or a whole shard) kept in git LFS but never pulled: say so, and how to fetch it."""
+    with pytest.raises(SampleError, match="git-LFS pointer") as info:
+        parse_sample(_raw(**{"input_1.jpg": LFS_POINTER, "json": json.dumps(
+            {"instruction": "<img><|image_1|></img> x", "task": "t"}).encode()}))
+    assert info.value.key == "key7" and info.value.field == "input_1.jpg"
+    assert "123,456 bytes" in str(info.value) and "`git lfs pull`" in str(info.value)
+    with pytest.raises(SampleError, match="git-LFS pointer.*fix: fetch the real file with `git lfs pull`"):
+        make_sample("k", "x", LFS_POINTER, image_format="jpg")
+    d = write_shards(tmp_path / "set", 2, 2)
+    shard = ShardSet.resolve(d).urls[1]
+    with open(shard, "wb") as fh:
+        fh.write(LFS_POINTER)
+    with pytest.raises(ManifestError, match=r"s-000001.tar' is a git-LFS pointer.*git lfs pull"):
+        ShardSet.resolve(d)
+
+
+def _mask(size_wh, box=None, fill=0):
+    m = Image.new("L", size_wh, fill)
+    if box:
+        m.paste(255, box)
+    return m
+
+
+def test_output_mask_round_trip_and_manifest_count(tmp_path):
+    out, mask = _gradient(32, 48), _mask((48, 32), (8, 8, 24, 24))
+    with ShardSetWriter(str(tmp_path), source="unit") as writer:
+        writer.write(make_sample("m", "x", out, output_mask=mask))
+        writer.write(make_sample("b", "x", _encode(out, "JPEG"), image_format="jpg",
+                                 output_mask=_encode(mask.convert("1"), "PNG")))  # PNG bytes of a 1-bit mask
+        writer.write(make_sample("n", "x", out))
+    parsed = {p.key: p for p in map(parse_sample, wds.WebDataset(ShardSet.resolve(str(tmp_path)).urls,
+                                                                 shardshuffle=False, empty_check=False))}
+    for key in ("m", "b"):
+        got = parsed[key].output_mask
+        assert got.mode == "L" and got.size == (48, 32) and np.array_equal(np.asarray(got), np.asarray(mask))
+    assert parsed["n"].output_mask is None
+    assert read_manifest(str(tmp_path))["output_masks"] == 2
+    legacy = json.loads((tmp_path / "manifest.json").read_text())
+    del legacy["output_masks"]  # manifests written before masks existed
+    (tmp_path / "manifest.json").write_text(json.dumps(legacy))
+    assert read_manifest(str(tmp_path))["output_masks"] == 0
+
+
+@pytest.mark.parametrize("mask, text", [
+    (_mask((16, 32), (0, 0, 8, 8)), "the mask is 16x32 px but the output image is 32x32 px"),
+    (_mask((32, 32)), "the mask is empty"),
+    (Image.new("RGB", (32, 32), (255, 255, 255)), "mode 'RGB'; it must be single-channel"),
+])
+def test_bad_output_masks_name_the_sample(mask, text):
+    with pytest.raises(SampleError, match=text) as info:
+        make_sample("k3", "x", solid((32, 32)), output_mask=mask)
+    assert info.value.key == "k3" and info.value.field == "output_mask"
+    with pytest.raises(SampleError, match=text) as info:
+        parse_sample(_raw(**{"output.png": _encode(solid((32, 32)), "PNG"), "output_mask.png": _encode(mask, "PNG")}))
+    assert (info.value.key, info.value.url, info.value.field) == ("key7", "/d/shard-000003.tar", "output_mask.png")
+
+
+def test_a_full_output_mask_warns_with_the_sample_name():
+    full = _mask((32, 32), fill=255)
+    with pytest.warns(MaskWarning, match="sample 'k3': the output mask is full"):
+        sample = make_sample("k3", "x", solid((32, 32)), output_mask=full)
+    with pytest.warns(MaskWarning, match="sample 'k3' in shard '/d/s.tar': the output mask is full"):
+        parsed = parse_sample({**sample, "__url__": "/d/s.tar"})
+    assert parsed.output_mask.getextrema() == (255, 255)

@@ -10,6 +10,7 @@ import tarfile
 
 from PIL import Image
 
+from deft_omni.core.atomic import TMP_MARK
 from deft_omni.data import ShardSet, build_train_loader, parse_sample, read_manifest
 
 
@@ -96,3 +97,32 @@ def write_json(path, obj):
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(obj, fh)
     return str(path)
+
+
+def temporaries(folder):
+    """Names in ``folder`` that look like a writer's temporary (today's or an older scheme's)."""
+    return sorted(n for n in os.listdir(folder) if TMP_MARK in n or ".tmp-" in n or ".old-" in n)
+
+
+def jsonl_set(tmp_path, n=6, size=(40, 32)):
+    """An OmniGen JSONL of n text-to-image lines and its image folder."""
+    imgs = tmp_path / "imgs"
+    for i in range(n):
+        save_image(imgs / f"{i}.jpg", size, (20 * i % 255, 100, 50))
+    path = tmp_path / "t.jsonl"
+    with open(path, "w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"task_type": "t2i", "instruction": f"image {i}", "input_images": [],
+                                 "output_image": f"{i}.jpg"}) + "\n")
+    return str(path), str(imgs)
+
+
+def run_jsonl(jsonl, imgs, out, *extra):
+    from data_prep import omnigen_jsonl
+
+    return omnigen_jsonl.main(["--jsonl", jsonl, "--images", imgs, "--out", str(out), "--quiet", *extra])
+
+
+def add_bom(path):
+    """Put the UTF-8 byte-order mark that Windows editors write in front of a text file."""
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())

@@ -12,7 +12,7 @@ import pytest
 
 from data_prep import colmap
 
-from ._prep_helpers import corrupt_jpeg, loader_batches, manifest, read_samples, save_image, skipped_keys
+from ._prep_helpers import add_bom, corrupt_jpeg, loader_batches, manifest, read_samples, save_image, skipped_keys
 
 pycolmap = pytest.importorskip("pycolmap")
 
@@ -254,3 +254,13 @@ def test_sfm_camera_experiment_trains_on_converted_scene(tmp_path, monkeypatch, 
     assert summary["steps"] == 3 and math.isfinite(summary["final_loss"])
     info = json.loads((tmp_path / "run" / "adapters" / "final" / CAMERA_JSON).read_text())
     assert info["config"]["mode"] == mode and info["frame"]["num_cameras"] == len(IMAGES)
+
+
+def test_text_model_with_a_bom(tmp_path):
+    """cameras.txt / images.txt re-saved by a Windows editor (UTF-8 with BOM) read as before."""
+    write_model(tmp_path / "m", "txt")
+    plain = colmap.read_model(str(tmp_path / "m"))
+    for name in ("cameras.txt", "images.txt", "points3D.txt"):
+        add_bom(tmp_path / "m" / name)
+    bom = colmap.read_model(str(tmp_path / "m"))
+    assert bom.cameras == plain.cameras and bom.images == plain.images and bom.num_points3D == plain.num_points3D

@@ -9,8 +9,18 @@ import math
 import pytest
 
 from data_prep import dreambooth
+from tests.data._data_helpers import modes, umask
 
-from ._prep_helpers import corrupt_jpeg, loader_batches, manifest, read_samples, save_image, skipped_keys
+from ._prep_helpers import (
+    add_bom,
+    corrupt_jpeg,
+    loader_batches,
+    manifest,
+    read_samples,
+    save_image,
+    save_mask,
+    skipped_keys,
+)
 
 OBJECT_PROMPTS = ["a {0} {1} on the beach", "a {0} {1} with a city in the background", "a shiny {0} {1}"]
 LIVE_PROMPTS = ["a {0} {1} on the beach", "a {0} {1} wearing a red hat", "a {0} {1} in a chef outfit"]
@@ -184,3 +194,42 @@ def test_short_training_run_on_converted_shards(db_root, tmp_path, monkeypatch):
     summary = train(cfg)
     assert summary["steps"] == 4 and summary["final_loss"] is not None and math.isfinite(summary["final_loss"])
     assert (tmp_path / "run" / "adapters" / "final" / "adapter_model.safetensors").exists()
+
+
+def test_text_inputs_with_a_bom(db_root, bench_root, tmp_path):
+    """prompts_and_classes.txt and DreamBench++ captions saved by a Windows editor (UTF-8 with BOM)."""
+    add_bom(db_root / "dataset" / "prompts_and_classes.txt")
+    add_bom(bench_root / "data/captions/animal/00.txt")
+    assert _db(db_root, tmp_path / "db", "--subjects", "dog") == 0
+    assert {s.instruction for s in read_samples(tmp_path / "db")} == {"a photo of sks dog"}
+    assert dreambooth.main(["dreambench", "--root", str(bench_root), "--out", str(tmp_path / "dbp"), "--quiet",
+                            "--subjects", "animal_00"]) == 0
+    assert [s.instruction for s in read_samples(tmp_path / "dbp")] == ["a photo of sks kitten"]
+
+
+def test_eval_prompts_take_the_umask_modes(db_root, tmp_path):
+    out, copy = tmp_path / "db", tmp_path / "lists" / "copy.json"
+    with umask(0o027):
+        assert _db(db_root, out, "--subjects", "dog", "--prompts-json", str(copy)) == 0
+    assert modes(out, out / "eval_prompts.json", copy) == [0o750, 0o640, 0o640]
+
+
+def test_masks_folder(db_root, bench_root, tmp_path, capsys):
+    """DreamBooth ships no masks: --masks DIR, laid out as the images, gives each subject image one."""
+    masks = tmp_path / "masks"
+    save_mask(masks / "dog" / "00.png", (48, 64))
+    save_mask(masks / "dog" / "01.png", (24, 32))  # half size: scaled to the image
+    out = tmp_path / "db"
+    assert _db(db_root, out, "--subjects", "dog", "--masks", str(masks)) == 0
+    samples = {s.key: s for s in read_samples(out)}
+    assert [samples[f"db_dog_0{i}"].output_mask is not None for i in range(3)] == [True, True, False]
+    assert samples["db_dog_01"].output_mask.size == (48, 64)
+    m = manifest(out)
+    assert m["output_masks"] == 2 and m["options"]["stats"]["left_out"] == {
+        "subject images without a mask in --masks": 1}
+    save_mask(masks / "animal" / "00.png", (56, 56))
+    assert dreambooth.main(["dreambench", "--root", str(bench_root), "--out", str(tmp_path / "dbp"), "--quiet",
+                            "--subjects", "animal_00", "--masks", str(masks)]) == 0
+    assert read_samples(tmp_path / "dbp")[0].output_mask.size == (56, 56)
+    assert _db(db_root, tmp_path / "x", "--masks", str(tmp_path / "nowhere")) == 2
+    assert "--masks" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from data_prep import insdet
+from data_prep.insdet.scenes import decode_scene
 
 from ._prep_helpers import (
     corrupt_jpeg,
@@ -164,7 +165,27 @@ def test_huge_scene_is_decoded_small(tmp_path):
     """An 8192x6144 JPEG (InsDet's size) goes through the DCT-draft path: decoded at 1/8."""
     path = tmp_path / "big.jpg"
     Image.new("RGB", (8192, 6144), (10, 20, 30)).save(path, quality=50)
-    img, orig = insdet._scene_decode(str(path), 1024, [], False)
+    img, orig = decode_scene(str(path), 1024, [], False)
     assert orig == (8192, 6144) and img.size == (1024, 768)
-    img, _ = insdet._scene_decode(str(path), 1024, [("x", (0, 0, 2048, 1024))], True)
+    img, _ = decode_scene(str(path), 1024, [("x", (0, 0, 2048, 1024))], True)
     assert img.size == (4096, 3072)  # a 2048 px box still gets 1024 px
+
+
+def test_objects_store_their_masks(root, tmp_path):
+    """InsDet ships a mask per view: it becomes the sample's output_mask (the output's size, 255 = object)."""
+    Image.new("L", (64, 32), 255).save(root / "Objects/000_aveda_shampoo/masks/003.png")  # another shape
+    Image.new("L", (64, 64), 0).save(root / "Objects/000_aveda_shampoo/masks/004.png")  # empty
+    out = tmp_path / "obj"
+    assert _objects(root, out, "--max-side", "32") == 0
+    samples = {s.key: s for s in read_samples(out)}
+    mask = samples["obj_000_001"].output_mask
+    assert mask.mode == "L" and mask.size == samples["obj_000_001"].output.size == (32, 32)
+    assert mask.getpixel((2, 2)) == 0 and mask.getpixel((16, 16)) == 255  # save_mask's centre box
+    assert samples["obj_001_002"].output_mask is None  # this view has no mask file
+    skipped = skipped_keys(out)
+    assert skipped["obj_000_003"].startswith("mask size mismatch:") and "003.png is 64x32 px" in skipped["obj_000_003"]
+    assert skipped["obj_000_004"].startswith("invalid sample: the mask is empty")
+    assert manifest(out)["output_masks"] == 3 and manifest(out)["options"]["masks"] is True
+    plain = tmp_path / "plain"
+    assert _objects(root, plain, "--no-masks") == 0
+    assert manifest(plain)["output_masks"] == 0 and len(read_samples(plain)) == 7

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from data_prep import omnigen_jsonl
+from deft_omni.data import MaskWarning
+from tests.data._data_helpers import LFS_POINTER
 
-from ._prep_helpers import corrupt_jpeg, loader_batches, manifest, read_samples, save_image, skipped_keys
+from ._prep_helpers import (
+    add_bom,
+    corrupt_jpeg,
+    loader_batches,
+    manifest,
+    read_samples,
+    save_image,
+    save_mask,
+    skipped_keys,
+    temporaries,
+)
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _write_jsonl(path, records):
@@ -94,7 +111,7 @@ def test_strict_turns_a_skip_into_an_error(tmp_path, images, capsys):
     err = capsys.readouterr().err
     assert "--strict" in err and "t.jsonl:2" in err and "1 image tag(s) but the sample has 0" in err
     assert not out.exists()
-    assert not list(tmp_path.glob("out.tmp-*"))
+    assert not temporaries(tmp_path)
 
 
 def test_missing_inputs_give_clear_errors(tmp_path, images, capsys):
@@ -106,3 +123,72 @@ def test_missing_inputs_give_clear_errors(tmp_path, images, capsys):
     err = capsys.readouterr().err
     assert "no samples were written" in err and "image file not found (1)" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_bom_does_not_cost_the_first_line(tmp_path, images):
+    """Windows editors start a UTF-8 file with a byte-order mark; json.loads rejects it."""
+    jsonl = tmp_path / "bom.jsonl"
+    _write_jsonl(jsonl, [{"instruction": "first", "output_image": "a.jpg"},
+                         {"instruction": "second", "output_image": "c.jpg"}])
+    add_bom(jsonl)
+    out = tmp_path / "out"
+    assert omnigen_jsonl.main(["--jsonl", str(jsonl), "--images", str(images), "--out", str(out), "--quiet"]) == 0
+    assert [s.instruction for s in read_samples(out)] == ["first", "second"]
+    assert manifest(out)["skipped"] == []
+
+
+def test_git_lfs_pointers_are_named(tmp_path, images, capsys):
+    (images / "lfs.jpg").write_bytes(LFS_POINTER)
+    jsonl = _write_jsonl(tmp_path / "t.jsonl", [{"instruction": "ok", "output_image": "a.jpg"},
+                                                {"instruction": "pointer", "output_image": "lfs.jpg"}])
+    out = tmp_path / "out"
+    assert omnigen_jsonl.main(["--jsonl", jsonl, "--images", str(images), "--out", str(out), "--quiet"]) == 0
+    reason = skipped_keys(out)["t_0000002"]
+    assert reason.startswith("git-LFS pointer, not an image: t.jsonl:2:") and "lfs.jpg" in reason
+    assert "123,456 bytes" in reason and "`git lfs pull` in the repository it came from" in reason
+    pointer = tmp_path / "pointer.jsonl"
+    pointer.write_bytes(LFS_POINTER)
+    assert omnigen_jsonl.main(["--jsonl", str(pointer), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "pointer.jsonl' is a git-LFS pointer" in err and "git lfs pull" in err
+
+
+def test_experiment_omnigen_reads_what_prepare_jsonl_writes(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    from tests.test_train import _compose
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("DEFT_OMNI_DATA", str(data))
+    cfg = _compose(["experiment=omnigen"])
+    assert cfg.task_name == "omnigen" and [t.path for t in cfg.data.train] == [str(data / "omnigen" / "train")]
+    if shutil.which("make"):
+        dry = subprocess.run(["make", "-n", "prepare-jsonl", "JSONL=t.jsonl", f"OUT={data}"], cwd=REPO,
+                             env={**os.environ, "MAKEFLAGS": ""}, capture_output=True, text=True)
+        assert f"--out {data / 'omnigen' / 'train'} " in dry.stdout, dry.stdout + dry.stderr
+
+
+def test_output_masks(tmp_path, images):
+    """An optional "output_mask" path per line: stored as the sample's output_mask."""
+    save_mask(images / "a_mask.png", (48, 32))
+    Image.new("L", (48, 32), 255).save(images / "full.png")
+    jsonl = _write_jsonl(tmp_path / "m.jsonl", [
+        {"instruction": "masked", "output_image": "a.jpg", "output_mask": "a_mask.png"},
+        {"instruction": "plain", "output_image": "a.jpg"},
+        {"instruction": "no file", "output_image": "a.jpg", "output_mask": "gone.png"},
+        {"instruction": "not a path", "output_image": "a.jpg", "output_mask": 3},
+        {"instruction": "full", "output_image": "a.jpg", "output_mask": "full.png"},
+    ])
+    out = tmp_path / "out"
+    with pytest.warns(MaskWarning, match="sample 'm_0000005': the output mask is full"):
+        assert omnigen_jsonl.main(["--jsonl", jsonl, "--images", str(images), "--out", str(out), "--quiet"]) == 0
+    with pytest.warns(MaskWarning, match="sample 'm_0000005' in shard .*shard-000000.tar'"):  # and on reading
+        samples = {s.key: s for s in read_samples(out)}
+    assert samples["m_0000001"].output_mask.getextrema() == (0, 255)
+    assert samples["m_0000001"].meta["output_mask"] == "a_mask.png" and "extra" not in samples["m_0000001"].meta
+    assert samples["m_0000002"].output_mask is None
+    skipped = skipped_keys(out)
+    assert skipped["m_0000003"].startswith("mask file not found: m.jsonl:3:")
+    assert "'output_mask' must be a non-empty path" in skipped["m_0000004"]
+    assert manifest(out)["output_masks"] == 2 and manifest(out)["options"]["stats"]["images"] == 3  # masks aside

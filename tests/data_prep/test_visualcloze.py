@@ -14,7 +14,7 @@ from PIL import Image
 
 from data_prep import visualcloze
 
-from ._prep_helpers import colour_image, loader_batches, manifest, read_samples, skipped_keys
+from ._prep_helpers import add_bom, colour_image, loader_batches, manifest, read_samples, skipped_keys
 
 datasets = pytest.importorskip("datasets")
 
@@ -198,3 +198,13 @@ def test_errors(graph200k, tmp_path, capsys):
     assert "--strict: train_000001_depth: missing image" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         visualcloze.parse_args(["--root", "x", "--out", "y", "--examples", "4"])
+
+
+def test_folder_export_with_a_bom(graph200k, tmp_path):
+    """data.json re-saved by a Windows editor (UTF-8 with BOM) reads as before."""
+    export = export_folders(graph200k, tmp_path / "export")
+    assert _run(export, tmp_path / "plain", "--split", "test", "--tasks", "depth") == 0
+    add_bom(export / "test" / "data.json")
+    assert _run(export, tmp_path / "bom", "--split", "test", "--tasks", "depth") == 0
+    keys = [s.key for s in read_samples(tmp_path / "plain")]
+    assert keys and [s.key for s in read_samples(tmp_path / "bom")] == keys

@@ -1,6 +1,7 @@
 """Data for deft_omni: the shard schema, the OmniGen training processor, webdataset
 loaders and the embedded synthetic demo set."""
 
+from .errors import MaskWarning
 from .loader import ShardSource, TrainLoader, ValLoader, build_train_loader, build_val_loader
 from .processor import (
     CFG_INSTRUCTION,
@@ -30,6 +31,7 @@ from .synthetic import make_synthetic_shards
 __all__ = [
     "CFG_INSTRUCTION",
     "ManifestError",
+    "MaskWarning",
     "OmniGenTrainProcessor",
     "ProcessedSample",
     "Sample",

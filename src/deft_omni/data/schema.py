@@ -11,58 +11,55 @@ A shard is a webdataset tar.  One sample is a group of tar members sharing a key
     The target image, ``ext`` in png / jpg / jpeg / webp.
 ``<key>.input_<k>.<ext>``
     Input image k (1-based, matching ``<|image_k|>``).
+``<key>.output_mask.png`` (optional)
+    Where the output image is the subject: a single-channel (mode 'L') PNG of exactly the
+    output image's size, 0 = background .. 255 = foreground (soft edges allowed); a masked
+    loss weights the output's pixels by it.  Never empty; a full mask is allowed (it weights
+    as no mask would) but warned about.
 
 webdataset splits a member name at the *first* dot of its base name, so keys must not
 contain dots (the extensions may).  Beside the shards lies ``manifest.json`` (see
 :func:`write_manifest`), which records sample counts so that loaders can size epochs
-without opening tars.
+without opening tars, and how many samples carry an output mask.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
+from ..core.atomic import write_json
+from .errors import ManifestError, SampleError
+# to_rgb: the processor and the converters import it from here.
+from .images import (  # noqa: F401 - to_rgb
+    LFS_FIX,
+    PIL_FORMATS,
+    check_mask,
+    decode_image,
+    encode_image,
+    encode_mask,
+    image_size,
+    is_lfs_pointer,
+    lfs_pointer_reason,
+    to_rgb,
+)
+
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 OUTPUT_FIELD = "output"
+OUTPUT_MASK_FIELD = "output_mask"
+OUTPUT_MASK_MEMBER = f"{OUTPUT_MASK_FIELD}.png"
 INPUT_FIELD_RE = re.compile(r"^input_(\d+)\.([a-z0-9]+)$")
 IMAGE_TAG_RE = re.compile(r"<\|image_(\d+)\|>")
 KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+(?:/[A-Za-z0-9_\-]+)*$")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "deft_omni.shards"
 MANIFEST_VERSION = 1
-# PIL format names, by file extension, for encoding.
-_PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
-
-
-class SampleError(ValueError):
-    """A sample that cannot be used; names the key, the shard, the field and the fix."""
-
-    def __init__(self, message: str, *, key: str | None = None, url: str | None = None,
-                 field: str | None = None, fix: str | None = None):
-        self.key, self.url, self.field, self.fix = key, url, field, fix
-        self.reason = message
-        where = f"sample {key!r}" if key is not None else "sample"
-        if url:
-            where += f" in shard {url!r}"
-        if field:
-            where += f", field {field!r}"
-        text = f"{where}: {message}"
-        if fix:
-            text += f" (fix: {fix})"
-        super().__init__(text)
-
-
-class ManifestError(ValueError):
-    """A missing, unreadable or inconsistent manifest.json."""
 
 
 # --------------------------------------------------------------------------- tags
@@ -92,60 +89,23 @@ def check_image_tags(instruction: str, n_images: int, *, key: str | None = None,
 # ------------------------------------------------------------------------ writing
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited on white (transparent pixels hold junk colours)."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def _encode_image(image: Any, image_format: str, key: str, name: str) -> bytes:
-    if isinstance(image, (bytes, bytearray)):
-        data = bytes(image)
-        try:  # Cheap header check: refuse mislabelled bytes here rather than at train time.
-            with Image.open(io.BytesIO(data)) as img:
-                actual = (img.format or "").upper()
-        except Exception as exn:  # noqa: BLE001 - any decoder failure means unusable bytes
-            raise SampleError(f"bytes are not a readable image ({exn})", key=key, field=name) from exn
-        if actual != _PIL_FORMATS[image_format]:
-            raise SampleError(f"bytes are {actual or 'unknown'} but image_format is {image_format!r}",
-                              key=key, field=name, fix="pass matching image_format or a PIL image")
-        return data
-    if isinstance(image, Image.Image):
-        img = image
-        # Keep alpha where the format holds it: the processor composites it on white,
-        # which a plain convert("RGB") here would not (transparent pixels keep junk colours).
-        if image_format in ("jpg", "jpeg"):
-            img = to_rgb(img)
-        elif img.mode not in ("RGB", "RGBA", "L", "LA"):
-            img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
-        buf = io.BytesIO()
-        kwargs = {"quality": 95} if image_format in ("jpg", "jpeg", "webp") else {}
-        img.save(buf, format=_PIL_FORMATS[image_format], **kwargs)
-        return buf.getvalue()
-    raise SampleError(f"expected a PIL image or encoded bytes, got {type(image).__name__}",
-                      key=key, field=name)
-
-
 def make_sample(key: str, instruction: str, output_image: Any, input_images: Sequence[Any] = (),
                 task: str = "text_to_image", meta: Mapping[str, Any] | None = None,
                 camera: Mapping[str, float] | None = None, image_format: str = "png",
-                prior: bool = False) -> dict[str, Any]:
+                prior: bool = False, output_mask: Any = None) -> dict[str, Any]:
     """Build one sample dict for ``wds.ShardWriter.write`` (or :class:`ShardSetWriter`).
 
-    Images are PIL images or already encoded bytes in ``image_format``.  Everything the
-    loader would reject is rejected here, at conversion time.
+    Images are PIL images or already encoded bytes in ``image_format``; ``output_mask`` is
+    None or a single-channel PIL image (or PNG bytes) of the output image's size, stored as
+    ``output_mask.png``.  Everything the loader would reject is rejected here, at conversion
+    time.
     """
     if not isinstance(key, str) or not KEY_RE.match(key):
         raise SampleError("keys may hold only letters, digits, '_', '-' and inner '/' (no dots)",
                           key=key, field="__key__",
                           fix="webdataset splits member names at the first dot; replace dots with '_'")
     image_format = image_format.lower()
-    if image_format not in _PIL_FORMATS:
+    if image_format not in PIL_FORMATS:
         raise SampleError(f"image_format {image_format!r} not in {IMAGE_EXTS}", key=key)
     if not isinstance(instruction, str):
         raise SampleError("instruction must be a string", key=key, field="json.instruction")
@@ -161,9 +121,11 @@ def make_sample(key: str, instruction: str, output_image: Any, input_images: Seq
     except TypeError as exn:
         raise SampleError(f"meta is not JSON-serialisable ({exn})", key=key, field="json.meta") from exn
     sample = {"__key__": key, "json": blob,
-              f"{OUTPUT_FIELD}.{image_format}": _encode_image(output_image, image_format, key, "output")}
+              f"{OUTPUT_FIELD}.{image_format}": encode_image(output_image, image_format, key, "output")}
     for k, img in enumerate(input_images, start=1):
-        sample[f"input_{k}.{image_format}"] = _encode_image(img, image_format, key, f"input_{k}")
+        sample[f"input_{k}.{image_format}"] = encode_image(img, image_format, key, f"input_{k}")
+    if output_mask is not None:
+        sample[OUTPUT_MASK_MEMBER] = encode_mask(output_mask, image_size(output_image), key)
     return sample
 
 
@@ -193,20 +155,7 @@ class Sample:
     camera: dict[str, float] | None = None
     is_prior: bool = False
     url: str | None = None
-
-
-def _decode_image(value: Any, key: str, url: str | None, name: str) -> Image.Image:
-    if isinstance(value, Image.Image):
-        return value
-    if not isinstance(value, (bytes, bytearray)):
-        raise SampleError(f"expected image bytes, got {type(value).__name__}", key=key, url=url, field=name)
-    try:
-        img = Image.open(io.BytesIO(value))
-        img.load()  # Force the full decode now so truncated files fail here, with a name.
-    except Exception as exn:  # noqa: BLE001 - PIL raises many unrelated types
-        raise SampleError(f"cannot decode image ({exn})", key=key, url=url, field=name,
-                          fix="re-encode the image or drop the sample in the converter") from exn
-    return img
+    output_mask: Image.Image | None = None  # mode 'L', the output's size, 255 = foreground
 
 
 def parse_sample(raw: Mapping[str, Any]) -> Sample:
@@ -259,41 +208,31 @@ def parse_sample(raw: Mapping[str, Any]) -> Sample:
                           key=key, url=url, field="input_<k>",
                           fix="store input images as input_1.<ext>, input_2.<ext>, ...")
     check_image_tags(instruction, len(inputs), key=key, url=url)
+    output = decode_image(raw[outputs[0]], key, url, outputs[0])
+    mask = raw.get(OUTPUT_MASK_MEMBER)
+    if mask is not None:
+        mask = check_mask(decode_image(mask, key, url, OUTPUT_MASK_MEMBER), output.size, key=key, url=url,
+                          name=OUTPUT_MASK_MEMBER)
     return Sample(
-        key=key, instruction=instruction, task=task,
-        output=_decode_image(raw[outputs[0]], key, url, outputs[0]),
-        inputs=[_decode_image(raw[inputs[k]], key, url, inputs[k]) for k in sorted(inputs)],
-        meta=dict(meta), camera=camera, is_prior=bool(meta_raw.get("prior", False)), url=url)
+        key=key, instruction=instruction, task=task, output=output,
+        inputs=[decode_image(raw[inputs[k]], key, url, inputs[k]) for k in sorted(inputs)],
+        meta=dict(meta), camera=camera, is_prior=bool(meta_raw.get("prior", False)), url=url,
+        output_mask=mask)
 
 
 # ----------------------------------------------------------------------- manifest
 
 
-def _atomic_write_json(path: str, obj: Any) -> None:
-    """Write JSON so that readers see the old file or the complete new one, never a part."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_manifest(directory: str, shards: Iterable[tuple[str, int]] | Iterable[Mapping[str, Any]],
                    *, source: str, options: Mapping[str, Any] | None = None,
-                   skipped: Iterable[Mapping[str, Any]] = ()) -> str:
-    """Write ``<directory>/manifest.json`` atomically (temp file + os.replace).
+                   skipped: Iterable[Mapping[str, Any]] = (), output_masks: int = 0) -> str:
+    """Write ``<directory>/manifest.json`` atomically (deft_omni.core.atomic: fsync, umask modes).
 
     ``shards``: (file name relative to the directory, sample count) pairs or
     ``{"file", "samples"}`` dicts; ``skipped``: ``{"key" or "file", "reason"}`` records of
-    what the converter dropped.  Returns the manifest path.
+    what the converter dropped; ``output_masks``: how many samples carry an
+    ``output_mask.png`` (0: none; manifests written before masks existed lack the field).
+    Returns the manifest path.
     """
     entries = []
     for item in shards:
@@ -307,9 +246,11 @@ def write_manifest(directory: str, shards: Iterable[tuple[str, int]] | Iterable[
             raise ManifestError(f"skipped records need 'key' or 'file' and 'reason': {rec}")
     manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "shards": entries,
                 "total": sum(e["samples"] for e in entries), "source": str(source),
-                "options": dict(options or {}), "skipped": skipped_list}
+                "options": dict(options or {}), "skipped": skipped_list, "output_masks": int(output_masks)}
+    if not 0 <= manifest["output_masks"] <= manifest["total"]:
+        raise ManifestError(f"output_masks {output_masks} is not between 0 and the total {manifest['total']}")
     path = os.path.join(directory, MANIFEST_NAME)
-    _atomic_write_json(path, manifest)
+    write_json(path, manifest, indent=1, sort_keys=True)
     return path
 
 
@@ -339,6 +280,10 @@ def read_manifest(directory: str) -> dict[str, Any]:
         raise ManifestError(f"{path}: every shard entry needs 'file' (str) and 'samples' (int)")
     if sum(s["samples"] for s in shards) != manifest["total"]:
         raise ManifestError(f"{path}: total {manifest['total']} != sum of shard counts")
+    masks = manifest.setdefault("output_masks", 0)
+    if not isinstance(masks, int) or not 0 <= masks <= manifest["total"]:
+        raise ManifestError(f"{path}: output_masks {masks!r} is not a count between 0 and the total; "
+                            "re-run the converter")
     return manifest
 
 
@@ -359,6 +304,7 @@ class ShardSetWriter:
         self.directory, self.source, self.options = directory, source, dict(options or {})
         self.counts: dict[str, int] = {}
         self.skipped: list[dict[str, Any]] = []
+        self.output_masks = 0
         self._closed = False
         # mtime=0 makes identical inputs give byte-identical tars (idempotent converters).
         self._writer = wds.ShardWriter(os.path.join(directory, f"{prefix}-%06d.tar"),
@@ -368,6 +314,7 @@ class ShardSetWriter:
         self._writer.write(dict(sample))
         name = os.path.basename(self._writer.fname)
         self.counts[name] = self.counts.get(name, 0) + 1
+        self.output_masks += OUTPUT_MASK_MEMBER in sample
 
     def skip(self, key: str, reason: str) -> None:
         self.skipped.append({"key": key, "reason": reason})
@@ -385,7 +332,7 @@ class ShardSetWriter:
         if not write_manifest_file:
             return None
         return write_manifest(self.directory, sorted(self.counts.items()), source=self.source,
-                              options=self.options, skipped=self.skipped)
+                              options=self.options, skipped=self.skipped, output_masks=self.output_masks)
 
     def __enter__(self) -> ShardSetWriter:
         return self
@@ -432,6 +379,7 @@ class ShardSet:
                                     f"{missing[:3]}{'...' if len(missing) > 3 else ''}; re-run the converter")
             if not urls:
                 raise ManifestError(f"{os.path.join(spec, MANIFEST_NAME)} lists no shards")
+            _refuse_lfs_pointers(urls)
             return cls(urls=urls, counts=[s["samples"] for s in manifest["shards"]], root=spec,
                        manifest=manifest)
         from webdataset.shardlists import expand_urls
@@ -445,3 +393,13 @@ class ShardSet:
             by_name = {s["file"]: s["samples"] for s in manifest["shards"]}
         return cls(urls=urls, counts=[by_name.get(os.path.basename(u)) for u in urls], root=root,
                    manifest=manifest)
+
+
+def _refuse_lfs_pointers(urls: Sequence[str]) -> None:
+    """A shard set kept in git LFS but never pulled: say so now, not as a tar error per shard."""
+    for url in urls:
+        if os.path.getsize(url) < 1024:
+            with open(url, "rb") as fh:
+                head = fh.read()
+            if is_lfs_pointer(head):
+                raise ManifestError(f"shard {url!r} is {lfs_pointer_reason(head)}; {LFS_FIX}")

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..core.atomic import atomic_dir, clean_stale, write_json
 from .schema import ShardSetWriter, make_sample, read_manifest
 
 SOURCE = "deft_omni.synthetic"
@@ -112,32 +111,45 @@ def _existing_options(out_dir: str, source: str = SOURCE) -> dict[str, Any] | No
     return info["options"]
 
 
+class _SameSetInstalled(Exception):
+    """Another process (another rank) installed the identical set while this one was writing."""
+
+
 def write_generated_set(out_dir: str, source: str, options: dict[str, Any], counts: dict[str, int],
                         make: Callable[[int, str], dict[str, Any]], maxcount: int) -> dict[str, str]:
     """Write (or reuse, when ``options`` match) ``out_dir/{train,val}`` of ``make(index, split)``.
 
-    The set is a pure function of ``options``: it is written into a temporary folder and renamed
-    into place, so concurrent ranks never see half a set and the first one to finish wins.
+    The set is a pure function of ``options``: it is written into a staging folder
+    (deft_omni.core.atomic) and renamed into place, so concurrent ranks never see half a set and
+    the first one to finish wins; the others find it there and keep it.
     """
     out_dir = os.path.abspath(out_dir)
     paths = {split: os.path.join(out_dir, split) for split in SPLITS}
-    if _existing_options(out_dir, source) == options:
+    existing = _existing_options(out_dir, source)
+    if existing == options:
         return paths
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
+    clean_stale(parent, own=False)  # Sets half-written by killed processes.
+    # Replace only a set of other options (or an empty folder): a rename onto a complete set
+    # fails instead, which is how a rank that lost the race finds out.
+    replace = existing is not None or os.path.isdir(out_dir)
     try:
-        for split in SPLITS:
-            with ShardSetWriter(os.path.join(tmp, split), source=source, prefix=split, maxcount=maxcount,
-                                options={**options, "split": split}) as writer:
-                for i in range(counts[split]):
-                    writer.write(make(i, split))
-        with open(os.path.join(tmp, _STAMP), "w", encoding="utf-8") as fh:
-            json.dump({"source": source, "options": options}, fh, indent=1, sort_keys=True)
-        _install(tmp, out_dir, source, options)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(out_dir, replace=replace) as staging:
+            for split in SPLITS:
+                with ShardSetWriter(os.path.join(staging, split), source=source, prefix=split,
+                                    maxcount=maxcount, options={**options, "split": split}) as writer:
+                    for i in range(counts[split]):
+                        writer.write(make(i, split))
+            write_json(os.path.join(staging, _STAMP), {"source": source, "options": options}, indent=1,
+                       sort_keys=True)
+            if _existing_options(out_dir, source) == options:
+                raise _SameSetInstalled
+    except _SameSetInstalled:
+        pass
+    except OSError:
+        if _existing_options(out_dir, source) != options:
+            raise
     return paths
 
 
@@ -158,20 +170,3 @@ def make_synthetic_shards(out_dir: str, n_train: int = 512, n_val: int = 64,
     return write_generated_set(out_dir, SOURCE, options, {"train": n_train, "val": n_val},
                                lambda i, split: synthetic_sample(i, split, seed, image_sizes, edit_fraction),
                                maxcount)
-
-
-def _install(tmp: str, out_dir: str, source: str, options: dict[str, Any]) -> None:
-    """Rename the finished set into place; an existing set with other options is replaced."""
-    old = None
-    if os.path.exists(out_dir) and _existing_options(out_dir, source) not in (None, options):
-        old = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=f".{os.path.basename(out_dir)}.old-")
-        os.rename(out_dir, os.path.join(old, "set"))
-    try:
-        os.rename(tmp, out_dir)
-    except OSError:
-        # Another process (e.g. another rank) installed its copy first: fine if identical.
-        if _existing_options(out_dir, source) != options:
-            raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)

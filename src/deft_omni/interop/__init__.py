@@ -1,0 +1,18 @@
+"""Adapters wherever OmniGen runs: diffusers' ``OmniGenPipeline`` (:func:`load_into_pipeline`) and
+OmniGen's own package (:func:`export_lora` with ``layout="original"``).  See ``docs/interop.md``.
+
+Layer: above generation, below training (imports core, adapters, model, data, generation)."""
+
+from .export import LAYOUTS, export_lora
+from .original_export import ExportError, export_original_lora, original_lora_factors
+from .original_names import OriginalSlot, original_slots
+
+__all__ = [
+    "LAYOUTS",
+    "ExportError",
+    "OriginalSlot",
+    "export_lora",
+    "export_original_lora",
+    "original_lora_factors",
+    "original_slots",
+]

@@ -6,13 +6,19 @@ Layer: above generation, below training (imports core, adapters, model, data, ge
 from .export import LAYOUTS, export_lora
 from .original_export import ExportError, export_original_lora, original_lora_factors
 from .original_names import OriginalSlot, original_slots
+from .parity import diffusers_negative_prompt
+from .pipeline import PipelineAdapters, load_into_pipeline, unload_from_pipeline
 
 __all__ = [
     "LAYOUTS",
     "ExportError",
     "OriginalSlot",
+    "PipelineAdapters",
+    "diffusers_negative_prompt",
     "export_lora",
     "export_original_lora",
+    "load_into_pipeline",
     "original_lora_factors",
     "original_slots",
+    "unload_from_pipeline",
 ]

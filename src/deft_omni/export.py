@@ -20,7 +20,7 @@ from typing import Optional
 from .adapters import AdapterLoadError, load_adapter, read_adapter_config
 from .adapters.io import PEFT_CONFIG_NAME
 from .generation.runner import resolve_model_path
-from .interop import LAYOUTS, ExportError, export_lora
+from .interop import LAYOUTS, ExportError, export_lora, is_original_layout
 
 ADAPTER_NAME = "exported"
 
@@ -42,6 +42,9 @@ def run(args: argparse.Namespace) -> Path:
     from .model import load_omnigen
 
     read_adapter_config(args.adapter_dir)  # a bad folder fails before the model loads
+    if is_original_layout(args.adapter_dir):
+        raise ExportError(f"{args.adapter_dir} is a LoRA on OmniGen's original module names already: OmniGen's "
+                          f"merge_lora loads it as is, and deft_omni.load_into_pipeline(pipe, DIR) converts it")
     model_path = resolve_model_path(args.model)
     parts = load_omnigen(model_path)  # fp32: DEFT's factor s R - right^T W0 is formed at full precision
     load_adapter(parts.transformer, args.adapter_dir, adapter_name=ADAPTER_NAME, check_base=not args.no_check_base)

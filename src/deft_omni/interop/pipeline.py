@@ -2,7 +2,8 @@
 
 diffusers' OmniGen has no LoRA-loader mixin (``pipe.load_lora_weights`` cannot load anything), so
 the adapters are put on ``pipe.transformer`` with deft_omni's own layers: every method (DEFT, PaRa,
-LoRA), every basis, fused groups, exported LoRAs and peft folders, several adapters as a weighted
+LoRA), every basis, fused groups, exported LoRAs and peft folders, LoRAs on OmniGen's original
+module names (converted exactly, :mod:`.original_import`), several adapters as a weighted
 sum  W' = W0 + sum_a w_a dW_a, live or merged into the weights.  ``pipe(...)`` itself is unchanged.
 
 * live: the base Linear layers are wrapped, never written; unloading puts the very same layers
@@ -28,6 +29,7 @@ from torch import nn
 from ..adapters import delete_adapter, load_adapter, merge_adapters, set_active_adapters
 from ..adapters.inject import CONFIGS_ATTR
 from ..adapters.model_ops import adapter_branches, adapter_configs, adapter_layers
+from .original_import import is_original_layout, load_original_lora
 
 STATE_ATTR = "deft_omni_pipeline_adapters"
 PathLike = Union[str, "os.PathLike[str]"]
@@ -192,8 +194,8 @@ def load_into_pipeline(pipe, adapters: AdaptersArg, weight: Union[float, Sequenc
     """Load deft_omni adapter folders into a diffusers ``OmniGenPipeline`` (or its transformer).
 
     ``adapters``: a folder (``save_adapter``, a training run's ``adapters/final``, an ``export_lora``
-    folder, a peft DEFT/LoRA folder), a list of folders or ``(folder, weight)`` pairs, or a mapping
-    ``{folder: weight}``.  ``weight``: the strength w of  W0 + sum_a w_a dW_a  (one number for all,
+    folder of either layout, a peft DEFT/LoRA folder, a LoRA from OmniGen's own train.py), a list of
+    folders or ``(folder, weight)`` pairs, or a mapping ``{folder: weight}``.  ``weight``: the strength w of  W0 + sum_a w_a dW_a  (one number for all,
     or one per folder).  ``merge``: fold the sum into the weights (same images, faster steps).
     ``check_base``: refuse a folder made for another base model (weight checksums).
 
@@ -219,10 +221,15 @@ def load_into_pipeline(pipe, adapters: AdaptersArg, weight: Union[float, Sequenc
     try:
         for path, w in specs:
             name = _unique_name(transformer, path)
-            load_adapter(transformer, path, adapter_name=name, check_base=check_base)
-            added.append(_Entry(name, path, w, handle))
-            handle.names.append(name)
-            handle.paths[name], handle.weights[name] = path, w
+            if is_original_layout(path):
+                names = load_original_lora(transformer, path, adapter_name=name, check_base=check_base)
+            else:
+                load_adapter(transformer, path, adapter_name=name, check_base=check_base)
+                names = [name]
+            for name in names:
+                added.append(_Entry(name, path, w, handle))
+                handle.names.append(name)
+                handle.paths[name], handle.weights[name] = path, w
     except BaseException:
         for entry in added:
             delete_adapter(transformer, entry.name)

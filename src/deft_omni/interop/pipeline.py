@@ -8,8 +8,8 @@ sum  W' = W0 + sum_a w_a dW_a, live or merged into the weights.  ``pipe(...)`` i
 
 * live: the base Linear layers are wrapped, never written; unloading puts the very same layers
   back, so the base is restored bit for bit.
-* merged (``merge=True``): the touched base weights are copied before the merge and copied back
-  on unload (bit for bit; an unmerge by subtraction would leave rounding behind).  All adapters of
+* merged (``merge=True``): the touched base weights are copied (to CPU memory) before the merge and
+  copied back on unload (bit for bit; an unmerge by subtraction would leave rounding behind).  All adapters of
   one pipeline share one mode: DEFT's update reads W0, so a live DEFT beside a merged adapter would
   see W0 + dW instead of W0.  Loading more merged adapters re-merges the whole set from W0.
 """
@@ -50,7 +50,7 @@ class _State:
     def __init__(self, transformer: nn.Module) -> None:
         self.entries: list[_Entry] = []
         self.merged = False
-        self.saved: dict[str, torch.Tensor] = {}  # module -> W0 copy while merged
+        self.saved: dict[str, torch.Tensor] = {}  # module -> W0 copy (CPU) while merged
         self.requires_grad = {n: p.requires_grad for n, p in transformer.named_parameters()}
 
     def names(self) -> list[str]:
@@ -163,7 +163,8 @@ def _apply(transformer: nn.Module, state: _State) -> None:
     if state.merged and ours:
         for module, layer in adapter_layers(transformer):
             if any(n in layer.branch_refs for n in ours):
-                state.saved[module] = layer.base_layer.weight.detach().clone()
+                # In host memory: on a GPU, a second copy of every touched weight would not fit.
+                state.saved[module] = layer.base_layer.weight.detach().to("cpu", copy=True)
         merge_adapters(transformer, list(ours))
 
 

@@ -199,3 +199,15 @@ def test_a_failed_call_leaves_nothing_loaded(make_pipe, tiny_dir, adapter_dirs, 
         deft_omni.load_into_pipeline(pipe, [adapter_dirs["lora"], adapter_dirs["para"]], weight=[1.0])
     with pytest.raises(TypeError, match="OmniGenPipeline"):
         deft_omni.load_into_pipeline(object(), adapter_dirs["lora"])
+
+
+def test_an_adapter_trained_with_dropout_is_deterministic(make_pipe, tiny_dir, forward_batch, tmp_path):
+    """Injected layers start in training mode; in the eval-mode pipeline they must not drop out."""
+    config = AdapterConfig(method="lora", rank=2, dropout=0.5, target_modules=BLOCK_LINEARS)
+    trained = train_adapter(load_omnigen(tiny_dir).transformer, config, seed=3).eval()
+    folder = save_adapter(trained, tmp_path / "dropout")
+    pipe = make_pipe(tiny_dir)
+    deft_omni.load_into_pipeline(pipe, folder)
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.transformer(**forward_batch)[0], trained(**forward_batch)[0],
+                                   rtol=1e-5, atol=1e-5)

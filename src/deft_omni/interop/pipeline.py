@@ -196,9 +196,10 @@ def load_into_pipeline(pipe, adapters: AdaptersArg, weight: Union[float, Sequenc
 
     ``adapters``: a folder (``save_adapter``, a training run's ``adapters/final``, an ``export_lora``
     folder of either layout, a peft DEFT/LoRA folder, a LoRA from OmniGen's own train.py), a list of
-    folders or ``(folder, weight)`` pairs, or a mapping ``{folder: weight}``.  ``weight``: the strength w of  W0 + sum_a w_a dW_a  (one number for all,
-    or one per folder).  ``merge``: fold the sum into the weights (same images, faster steps).
-    ``check_base``: refuse a folder made for another base model (weight checksums).
+    folders or ``(folder, weight)`` pairs, or a mapping ``{folder: weight}``.  ``weight``: the
+    strength w in  W0 + sum_a w_a dW_a  (one number for all, or one per folder).  ``merge``: fold the
+    sum into the weights (same images, faster steps).  ``check_base``: refuse a folder made for
+    another base model (weight checksums).  The new layers take the transformer's train/eval mode.
 
     Calls add up: adapters already loaded stay.  Returns a :class:`PipelineAdapters` handle whose
     ``.unload()`` removes this call's adapters; :func:`unload_from_pipeline` removes all of them.
@@ -240,6 +241,11 @@ def load_into_pipeline(pipe, adapters: AdaptersArg, weight: Union[float, Sequenc
             _forget(transformer, state)
         raise
     state.entries.extend(added)
+    # New layers are built in training mode; in an eval-mode pipeline an adapter trained with
+    # dropout would otherwise drop activations at inference.
+    for _, layer in adapter_layers(transformer):
+        if any(e.name in layer.branch_refs for e in added):
+            layer.train(transformer.training)
     _apply(transformer, state)
     return handle
 

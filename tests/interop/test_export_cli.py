@@ -54,7 +54,8 @@ def test_bad_input_exits_2_with_one_message(adapter_dirs, tmp_path, capsys):
     folder = save_adapter(other, tmp_path / "other_base")
     err = _fail([str(folder), "--model", "tiny", "--layout", "original", "--out", str(tmp_path / "o")], capsys)
     assert "made for another base model" in err
-    original = main([str(adapter_dirs["lora"]), "--model", "tiny", "--layout", "original", "--out", str(tmp_path / "og")])
+    original = main([str(adapter_dirs["lora"]), "--model", "tiny", "--layout", "original",
+                     "--out", str(tmp_path / "og")])
     err = _fail([str(original), "--model", "tiny", "--out", str(tmp_path / "o")], capsys)
     assert "LoRA on OmniGen's original module names already" in err
     assert not (tmp_path / "o").exists()

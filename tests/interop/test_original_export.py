@@ -36,7 +36,8 @@ CASES = {
     "deft_separate_qkv": (AdapterConfig(method="deft", rank=3, decomposition="eigen", target_modules=BLOCK_LINEARS), 9),
     "para_q_only": (AdapterConfig(method="para", rank=2, decomposition="relu",
                                   target_modules=r"layers\.\d+\.self_attn\.to_q"), 2),
-    "lora_qk_fused_v_alone": (AdapterConfig(method="lora", rank=2, alpha=3, target_modules=r"layers\.\d+\.self_attn\.to_[qkv]",
+    "lora_qk_fused_v_alone": (AdapterConfig(method="lora", rank=2, alpha=3,
+                                            target_modules=r"layers\.\d+\.self_attn\.to_[qkv]",
                                             fused_groups=[["to_q", "to_k"]]), 4),
     "lora_outside_decoder": (AdapterConfig(method="lora", rank=2, target_modules=[
         "time_token.linear_1", "t_embedder.linear_2", "norm_out.linear", "proj_out"]), None),

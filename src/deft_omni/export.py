@@ -1,0 +1,72 @@
+"""``python -m deft_omni.export``: any adapter folder as a plain peft LoRA, for other OmniGen runtimes.
+
+    python -m deft_omni.export ADAPTER_DIR --model PATH|tiny --out DIR [--layout diffusers|original]
+        [--scale S] [--no-check-base]
+
+``--layout diffusers`` (default): LoRA on diffusers' module names (``layers.N.self_attn.to_q`` ...), for
+deft_omni, peft on ``OmniGenTransformer2DModel`` and ``deft_omni.load_into_pipeline``.
+``--layout original``: LoRA on OmniGen's own names (``llm.layers.N.self_attn.qkv_proj`` ...), for
+``OmniGenPipeline.merge_lora`` of OmniGen's package.  DEFT/PaRa updates read W0, so the base model is
+needed and the export is valid on that base only.  See ``docs/interop.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Optional
+
+from .adapters import AdapterLoadError, load_adapter, read_adapter_config
+from .adapters.io import PEFT_CONFIG_NAME
+from .generation.runner import resolve_model_path
+from .interop import LAYOUTS, ExportError, export_lora, is_original_layout
+
+ADAPTER_NAME = "exported"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m deft_omni.export", description=__doc__.split("\n\n")[0])
+    p.add_argument("adapter_dir", type=Path, help="adapter folder (save_adapter, a run's adapters/final, peft)")
+    p.add_argument("--model", required=True, help="the base OmniGen folder the adapter was trained on, or 'tiny'")
+    p.add_argument("--out", type=Path, required=True, help="folder to write (replaced if it exists)")
+    p.add_argument("--layout", choices=LAYOUTS, default="diffusers",
+                   help="module names: diffusers' (to_q/to_k/to_v ...) or OmniGen's original (qkv_proj ...)")
+    p.add_argument("--scale", type=float, default=1.0, help="strength baked into the LoRA: dW -> scale * dW")
+    p.add_argument("--no-check-base", action="store_true", help="skip the adapter's base-fingerprint check")
+    return p
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Load the base transformer and the adapter, write the export; returns the folder."""
+    from .model import load_omnigen
+
+    read_adapter_config(args.adapter_dir)  # a bad folder fails before the model loads
+    if is_original_layout(args.adapter_dir):
+        raise ExportError(f"{args.adapter_dir} is a LoRA on OmniGen's original module names already: OmniGen's "
+                          f"merge_lora loads it as is, and deft_omni.load_into_pipeline(pipe, DIR) converts it")
+    model_path = resolve_model_path(args.model)
+    parts = load_omnigen(model_path)  # fp32: DEFT's factor s R - right^T W0 is formed at full precision
+    load_adapter(parts.transformer, args.adapter_dir, adapter_name=ADAPTER_NAME, check_base=not args.no_check_base)
+    return export_lora(parts.transformer, args.out, ADAPTER_NAME, args.scale, args.layout)
+
+
+def main(argv: Optional[list[str]] = None) -> Path:
+    """Run the command; bad input exits with status 2 and one message naming what to fix."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.scale != args.scale:
+        parser.error("--scale is NaN; give a number")
+    try:
+        out = run(args)
+    except (AdapterLoadError, ExportError, FileNotFoundError) as err:
+        parser.exit(2, f"error: {err}\n")
+    config = json.loads((out / PEFT_CONFIG_NAME).read_text())
+    ranks = sorted({config["r"], *config.get("rank_pattern", {}).values()})
+    print(f"wrote {out}: peft LoRA on {len(config['target_modules'])} {args.layout}-layout modules, "
+          f"rank {'/'.join(map(str, ranks))}, strength {args.scale}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

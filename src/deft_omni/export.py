@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from .backbones import resolve_model
 from .adapters import AdapterLoadError, load_adapter, read_adapter_config
 from .adapters.io import PEFT_CONFIG_NAME
-from .generation.runner import resolve_model_path
 from .interop import LAYOUTS, ExportError, export_lora, is_original_layout
 
 ADAPTER_NAME = "exported"
@@ -28,7 +28,7 @@ ADAPTER_NAME = "exported"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m deft_omni.export", description=__doc__.split("\n\n")[0])
     p.add_argument("adapter_dir", type=Path, help="adapter folder (save_adapter, a run's adapters/final, peft)")
-    p.add_argument("--model", required=True, help="the base OmniGen folder the adapter was trained on, or 'tiny'")
+    p.add_argument("--model", required=True, help="the base OmniGen folder the adapter was trained on, or a named model: tiny, world")
     p.add_argument("--out", type=Path, required=True, help="folder to write (replaced if it exists)")
     p.add_argument("--layout", choices=LAYOUTS, default="diffusers",
                    help="module names: diffusers' (to_q/to_k/to_v ...) or OmniGen's original (qkv_proj ...)")
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> Path:
     if is_original_layout(args.adapter_dir):
         raise ExportError(f"{args.adapter_dir} is a LoRA on OmniGen's original module names already: OmniGen's "
                           f"merge_lora loads it as is, and deft_omni.load_into_pipeline(pipe, DIR) converts it")
-    model_path = resolve_model_path(args.model)
+    model_path = resolve_model(args.model, "omnigen")[1]
     parts = load_omnigen(model_path)  # fp32: DEFT's factor s R - right^T W0 is formed at full precision
     load_adapter(parts.transformer, args.adapter_dir, adapter_name=ADAPTER_NAME, check_base=not args.no_check_base)
     return export_lora(parts.transformer, args.out, ADAPTER_NAME, args.scale, args.layout)

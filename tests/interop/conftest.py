@@ -11,7 +11,9 @@ import torch
 from deft_omni.adapters import AdapterConfig, save_adapter
 from deft_omni.data import OmniGenTrainProcessor
 from deft_omni.generation import build_guidance_batch
-from deft_omni.model import load_omnigen, save_tiny_original_layout
+from fixtures.tiny_original import save_tiny_original_layout
+
+from deft_omni.model import load_omnigen
 
 # Shared with the generation tests: the tiny model folder, a 40x56 input image (both processors
 # centre-crop it to 32x48) and `train_adapter` (inject, then move the parameters far from the init).

@@ -43,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--from-sidecar", type=Path, metavar="FILE.json", help="remake the image this sidecar describes")
     p.add_argument("--input-image", action="append", default=[], type=Path, metavar="IMG",
                    help="input image for --prompt (edit / in-context tasks), in tag order; repeatable")
-    p.add_argument("--height", type=int, default=1024, help="output height in px, multiple of 16")
-    p.add_argument("--width", type=int, default=1024, help="output width in px, multiple of 16")
+    p.add_argument("--height", type=int, default=None,
+                   help="output height in px, multiple of 16 (default: the model's largest side, at most 1024)")
+    p.add_argument("--width", type=int, default=None,
+                   help="output width in px, multiple of 16 (default: the model's largest side, at most 1024)")
     p.add_argument("--steps", type=int, default=50, help="Euler steps")
     p.add_argument("--seed", type=int, default=None, help="base seed: image i uses seed+i (random when omitted)")
     p.add_argument("--guidance-scale", type=float, default=2.5, help="text guidance scale")
@@ -53,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-img-cfg", action="store_true", help="drop the image-only guidance branch")
     p.add_argument("--batch-size", type=int, default=1, help="images of one size per transformer call")
     p.add_argument("--num-images-per-prompt", type=int, default=1, help="images per prompt (consecutive seeds)")
-    p.add_argument("--max-input-image-side", type=int, default=1024, help="input images are fitted to this side")
+    p.add_argument("--max-input-image-side", type=int, default=None,
+                   help="input images are fitted to this side (default: the model's largest, at most 1024)")
     p.add_argument("--dtype", type=parse_dtype_arg, default="float32",
                    help="transformer dtype: fp32, bf16, fp16 or their long names (the VAE stays fp32)")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default cpu)")
@@ -92,6 +95,37 @@ def _resolved(settings: GenerationSettings) -> GenerationSettings:
     return settings
 
 
+def image_limit(model: str) -> Optional[int]:
+    """The largest image side the model takes (from its config files), None if unreadable here
+    (a missing folder is reported by the loader, with the files it lacks)."""
+    try:
+        cls, folder = resolve_model(model, "omnigen")
+        return cls.max_image_side(str(folder))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def fill_sizes(args: argparse.Namespace, limit: Optional[int]) -> None:
+    """Unset sizes become the model's largest side, at most 1024 px."""
+    default = min(1024, limit) if limit else 1024
+    for name in ("height", "width", "max_input_image_side"):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+
+
+def check_sizes(settings: GenerationSettings, limit: Optional[int]) -> None:
+    """Every image side against the model, before it loads: one line naming the setting to lower."""
+    if not limit:
+        return
+    why = f"--model {settings.model} takes images of at most {limit} px a side"
+    if settings.max_input_image_side > limit:
+        raise GenerationError(f"--max-input-image-side {settings.max_input_image_side}: {why}; lower it")
+    for spec in settings.prompts:
+        if max(spec.height, spec.width) > limit:
+            raise GenerationError(f"{spec.source}: {spec.height}x{spec.width} px output: {why}; lower --height/"
+                                  f"--width (or that line's height/width)")
+
+
 def main(argv: Optional[list[str]] = None) -> list[Path]:
     """Run the command; returns the written PNG paths.  Bad input exits with status 2 and one message."""
     parser = build_parser()
@@ -109,7 +143,10 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
             paths = run_generation(_resolved(settings), [job], argv=command)
             print(f"wrote {paths[0]}")
             return paths
+        limit = image_limit(args.model) if args.model else None
+        fill_sizes(args, limit)
         settings = settings_from_args(args, parser)
+        check_sizes(settings, limit)
         paths = run_generation(_resolved(settings), argv=command)
     except (GenerationError, AdapterLoadError, NamedModelError) as err:
         parser.exit(2, f"error: {err}\n")

@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .config_checks import ConfigError, check_config
+from .config_checks import DEFAULT_MAX_SIDE, ConfigError, check_config, train_entries
 from .core.atomic import write_json, write_text
 from .training.settings import EMAConfig, LossConfig, ModelConfig, OptimConfig, plain
 
@@ -40,7 +40,7 @@ def _data_paths(cfg: DictConfig) -> tuple[list, Optional[str], Optional[dict]]:
     from .data import make_synthetic_shards
 
     data = cfg.data
-    train = [(str(t["path"]), float(t.get("weight", 1.0))) for t in _train_entries(data.train)]
+    train = [(str(t["path"]), float(t.get("weight", 1.0))) for t in train_entries(data.train)]
     val = data.val
     syn = data.get("synthetic")
     if syn and syn.get("kind") == "camera":
@@ -59,16 +59,6 @@ def _data_paths(cfg: DictConfig) -> tuple[list, Optional[str], Optional[dict]]:
         train, val = train or [(made["train"], 1.0)], val or made["val"]
     prior = plain(data.prior) if data.get("prior") else None
     return train, val, prior
-
-
-def _train_entries(value: Any) -> list[dict]:
-    """``data.train`` as a list of {path, weight}: a plain path string is one set of weight 1."""
-    value = plain(value)
-    if not value:
-        return []
-    if isinstance(value, str):
-        return [{"path": value, "weight": 1.0}]
-    return [{"path": v, "weight": 1.0} if isinstance(v, str) else v for v in value]
 
 
 class ShardDataModule(pl.LightningDataModule):
@@ -116,7 +106,21 @@ class ShardDataModule(pl.LightningDataModule):
                                 num_workers=0, split_by_rank=False)
 
 
-def build_trainer(cfg: DictConfig, out_dir: Path, extensions=()) -> pl.Trainer:
+def sample_prompts(cfg: DictConfig, paths: Optional[tuple] = None) -> list:
+    """``callbacks.sample_prompts`` if given, else a few held-out samples of the run's own data."""
+    from .generation.data_prompts import prompts_from_shards
+
+    cb = cfg.callbacks
+    if cb.sample_prompts is not None or int(cb.get("sample_from_data", 0) or 0) <= 0:
+        return plain(cb.sample_prompts) or []
+    train, val, _ = paths or _data_paths(cfg)
+    source = val or (train[0][0] if train else None)
+    if source is None:
+        return []
+    return prompts_from_shards(source, int(cb.sample_from_data), int(cb.sample_max_image_side or DEFAULT_MAX_SIDE))
+
+
+def build_trainer(cfg: DictConfig, out_dir: Path, extensions=(), paths: Optional[tuple] = None) -> pl.Trainer:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from .training import SafeCheckpointIO, standard_callbacks
@@ -125,9 +129,10 @@ def build_trainer(cfg: DictConfig, out_dir: Path, extensions=()) -> pl.Trainer:
     callbacks = standard_callbacks(
         out_dir, adapter_every_n_steps=cb.adapter_every_n_steps, adapter_keep_last=cb.adapter_keep_last,
         resume_every_n_steps=cb.resume_every_n_steps, resume_keep_last=cb.resume_keep_last,
-        sample_prompts=plain(cb.sample_prompts), sample_every_n_steps=cb.sample_every_n_steps,
-        sample_num_steps=cb.sample_num_steps, sample_max_image_side=cb.sample_max_image_side,
+        sample_prompts=sample_prompts(cfg, paths), sample_every_n_steps=cb.sample_every_n_steps,
+        sample_num_steps=cb.sample_num_steps, sample_max_image_side=cb.sample_max_image_side or DEFAULT_MAX_SIDE,
         loss_curve_every_n_steps=cb.loss_curve_every_n_steps, progress_refresh_rate=cb.progress_refresh_rate,
+        summary=run_summary,
     )
     for ext in extensions:
         callbacks += ext.callbacks(out_dir)
@@ -177,7 +182,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                             extensions=extensions)
     conditioners = [c for c in (ext.conditioner() for ext in extensions) if c is not None]
     datamodule = ShardDataModule(cfg, module.backbone, conditioners, paths=paths)
-    trainer = build_trainer(cfg, out_dir, extensions)
+    trainer = build_trainer(cfg, out_dir, extensions, paths)
     if trainer.is_global_zero:
         write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     start = time.perf_counter()

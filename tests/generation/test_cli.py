@@ -171,3 +171,17 @@ def test_module_entry_point_help():
     done = subprocess.run([sys.executable, "-m", "deft_omni.generate", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "--from-sidecar" in done.stdout and "--adapter" in done.stdout
+
+
+def test_sizes_default_to_the_model_and_too_large_is_one_line(tmp_path, capsys):
+    """The tiny model takes at most 512 px a side: the defaults fit it, and a larger request is one
+    line naming the setting, not a diffusers traceback from inside the transformer."""
+    paths = main(["--model", "tiny", "--prompt", "a red circle", "--steps", "1", "--no-progress", "--no-grid",
+                  "--out", str(tmp_path / "ok")])
+    assert Image.open(paths[0]).size == (512, 512)
+    for extra, setting in [(["--height", "1024"], "lower --height/--width"),
+                           (["--max-input-image-side", "1024"], "--max-input-image-side 1024")]:
+        err = _fail(["--model", "tiny", "--prompt", "x", "--steps", "1", *extra, "--out", str(tmp_path / "no")],
+                    capsys)
+        assert "at most 512 px a side" in err and setting in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1

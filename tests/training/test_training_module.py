@@ -18,6 +18,7 @@ from deft_omni.training import (
     LossConfig,
     OptimConfig,
     SafeCheckpointIO,
+    UnsafeCheckpointError,
     find_last_checkpoint,
     standard_callbacks,
 )
@@ -131,8 +132,11 @@ def test_safe_checkpoint_io(tmp_path):
     assert torch.equal(loaded["x"], torch.arange(3)) and loaded["meta"]["keys"] == ["a"]
     evil = tmp_path / "evil.ckpt"
     torch.save({"obj": _NotPlainData()}, evil)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(UnsafeCheckpointError) as info:  # our refusal, never torch's unsafe advice
         io.load_checkpoint(evil)
+    msg = str(info.value)
+    assert str(evil) in msg and "tampered" in msg and "_NotPlainData" in msg
+    assert "weights_only" not in msg and "trust" not in msg
     with pytest.raises(FileNotFoundError):
         io.load_checkpoint(tmp_path / "missing.ckpt")
 
@@ -147,11 +151,25 @@ def test_adapter_checkpoint_pruning_and_find_last(tmp_path):
     ck = tmp_path / "checkpoints"
     ck.mkdir()
     assert find_last_checkpoint(ck) is None
-    (ck / "step_000002.ckpt").write_bytes(b"")
-    (ck / "step_000010.ckpt").write_bytes(b"")
+    io = SafeCheckpointIO()
+    io.save_checkpoint({"global_step": 2}, ck / "step_000002.ckpt")
+    io.save_checkpoint({"global_step": 10}, ck / "step_000010.ckpt")
     assert find_last_checkpoint(ck).name == "step_000010.ckpt"
-    (ck / "last.ckpt").write_bytes(b"")
-    assert find_last_checkpoint(ck).name == "last.ckpt"
+    io.save_checkpoint({"global_step": 10}, ck / "last.ckpt")
+    assert find_last_checkpoint(ck).name == "last.ckpt"  # a tie: last.ckpt
     names = [type(c).__name__ for c in standard_callbacks(tmp_path, sample_prompts=["a red circle"])]
-    assert names == ["AdapterCheckpoint", "ModelCheckpoint", "SampleGridCallback", "LossCurveCallback",
-                     "TQDMProgressBar"]
+    assert names == ["AdapterCheckpoint", "RunOutputs", "ModelCheckpoint", "SampleGridCallback",
+                     "LossCurveCallback", "TQDMProgressBar"]
+
+
+def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
+    """A kill while last.ckpt was rewritten leaves it at step 50 beside a complete step 100: resume
+    from 100.  A truncated newer file is not a checkpoint."""
+    io, ck = SafeCheckpointIO(), tmp_path / "checkpoints"
+    io.save_checkpoint({"global_step": 50, "x": torch.zeros(4)}, ck / "last.ckpt")
+    io.save_checkpoint({"global_step": 100, "x": torch.zeros(4)}, ck / "step_000100.ckpt")
+    assert find_last_checkpoint(ck).name == "step_000100.ckpt"
+    io.save_checkpoint({"global_step": 150, "x": torch.zeros(1000)}, ck / "step_000150.ckpt")
+    data = (ck / "step_000150.ckpt").read_bytes()
+    (ck / "step_000150.ckpt").write_bytes(data[: len(data) // 2])
+    assert find_last_checkpoint(ck).name == "step_000100.ckpt"

@@ -20,6 +20,7 @@ from .registry import (
     is_named_model,
     load_backbone,
     max_image_side,
+    meta_denoiser,
     register_backbone,
     resolve_model,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "key_noise",
     "load_backbone",
     "max_image_side",
+    "meta_denoiser",
     "per_sample_mse",
     "register_backbone",
     "resolve_model",

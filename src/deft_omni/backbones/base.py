@@ -50,6 +50,13 @@ class Backbone(abc.ABC):
         """The largest image side (pixels) the network takes, read from config files only, so
         settings can be checked before any weights load."""
 
+    @classmethod
+    def meta_denoiser(cls, path: str) -> Optional[nn.Module]:
+        """The trainable network built on the meta device from config files (no memory, no
+        weights), so adapter settings can be checked against its layers before anything loads;
+        None when the family cannot (the check is then skipped)."""
+        return None
+
     # --------------------------------------------------------------------- the parts
     @abc.abstractmethod
     def frozen_modules(self) -> dict[str, nn.Module]:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..data import OmniGenTrainProcessor
 from ..generation.sampler import SamplePrompt, generate_image, load_input_image, tensor_to_pil
-from ..model import detect_layout, ensure_tiny_omnigen, load_omnigen
+from ..model import detect_layout, ensure_tiny_omnigen, load_omnigen, transformer_config_from_original
 from ..model.latents import LatentEncoder, input_image_cache_keys, omnigen_condition, vae_downsampling
 from .base import Backbone
 from .named import world_base_folder
@@ -78,6 +78,18 @@ class OmniGenBackbone(Backbone):
         vae = json.loads((folder / "vae" / "config.json").read_text())
         return side * patch * 2 ** (len(vae["block_out_channels"]) - 1)
 
+    @classmethod
+    def meta_denoiser(cls, path: str) -> Optional[nn.Module]:
+        from diffusers import OmniGenTransformer2DModel
+
+        folder = Path(path)
+        if detect_layout(folder) == "original":
+            config = transformer_config_from_original(json.loads((folder / "config.json").read_text()))
+        else:
+            config = OmniGenTransformer2DModel.load_config(folder / "transformer")
+        with torch.device("meta"):
+            return OmniGenTransformer2DModel.from_config(config)
+
     def frozen_modules(self) -> dict[str, nn.Module]:
         return {"vae": self.vae}
 
@@ -136,7 +148,8 @@ class OmniGenBackbone(Backbone):
             img = generate_image(self.denoiser, self.vae, processor, prompt, num_steps)
             inputs = [tensor_to_pil(load_input_image(im, processor, f"input_{i + 1}"))
                       for i, im in enumerate(prompt.input_images)]
-            rows.append([*inputs, tensor_to_pil(img)])
+            reference = [prompt.reference] if prompt.reference is not None else []
+            rows.append([*inputs, tensor_to_pil(img), *reference])
         return rows
 
     def latent_factor(self) -> int:

@@ -68,6 +68,11 @@ def load_backbone(path: Optional[str] = None, family: Optional[str] = None,
                     gradient_checkpointing=gradient_checkpointing, cache_latents=cache_latents)
 
 
+def meta_denoiser(path: Optional[str] = None, family: Optional[str] = None):
+    cls, folder = resolve_model(path, family)
+    return cls.meta_denoiser(str(folder))
+
+
 def max_image_side(path: Optional[str] = None, family: Optional[str] = None) -> int:
     cls, folder = resolve_model(path, family)
     return cls.max_image_side(str(folder))

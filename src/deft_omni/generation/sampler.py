@@ -58,6 +58,7 @@ class SamplePrompt:
     guidance_scale: float = 2.5
     img_guidance_scale: float = 1.6
     negative_prompt: Optional[str] = None  # None: the sampler call's negative_prompt
+    reference: Optional[Any] = None  # an image shown after the sample in grids (e.g. the data's own output)
 
 
 def euler_timesteps(num_steps: int) -> torch.Tensor:

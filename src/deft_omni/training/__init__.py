@@ -19,7 +19,9 @@ workers the loader reshuffles the rest of the epoch (see ``deft_omni.data.loader
 from .checkpointing import (
     AdapterCheckpoint,
     SafeCheckpointIO,
+    UnsafeCheckpointError,
     find_last_checkpoint,
+    load_resume_checkpoint,
     resume_checkpoint_callback,
     step_dir_name,
 )
@@ -44,9 +46,11 @@ __all__ = [
     "OptimConfig",
     "SafeCheckpointIO",
     "SampleGridCallback",
+    "UnsafeCheckpointError",
     "TrainingExtension",
     "WarmupSchedule",
     "find_last_checkpoint",
+    "load_resume_checkpoint",
     "make_target",
     "peak_memory_gb",
     "resume_checkpoint_callback",

@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import Callback
 from ..core.atomic import atomic_path, write_json
 from ..generation.sampler import SamplePrompt, make_grid
 from .checkpointing import step_dir_name
+from .run_end import OptionalWork, RunOutputs
 
 
 def _as_prompt(p: Any) -> SamplePrompt:
@@ -43,9 +44,10 @@ def _as_prompt(p: Any) -> SamplePrompt:
     return SamplePrompt(**dict(p))
 
 
-class PeriodicGridCallback(Callback):
+class PeriodicGridCallback(OptionalWork, Callback):
     """Every ``every_n_steps`` optimizer steps (and at the end with ``at_end``) write the image
-    that :meth:`render` makes into ``dirpath/step_XXXXXX.png``, atomically, on rank zero only."""
+    that :meth:`render` makes into ``dirpath/step_XXXXXX.png``, atomically, on rank zero only.
+    A failure to render or write is a warning, never the end of the run."""
 
     def __init__(self, dirpath: Union[str, Path], every_n_steps: int = 500, at_start: bool = False,
                  at_end: bool = True) -> None:
@@ -64,11 +66,15 @@ class PeriodicGridCallback(Callback):
         if not trainer.is_global_zero:
             return None
         path = self.dirpath / f"{name}.png"
-        image = self.render(pl_module)
-        with atomic_path(path) as tmp:
-            image.save(tmp, format="PNG")
-        self.written.append(path)
-        return path
+
+        def write() -> Path:
+            image = self.render(pl_module)
+            with atomic_path(path) as tmp:
+                image.save(tmp, format="PNG")
+            self.written.append(path)
+            return path
+
+        return self.guarded(str(path), write)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.at_start:
@@ -127,7 +133,7 @@ def smooth(values: Sequence[float], beta: float = 0.9) -> list[float]:
     return out
 
 
-class LossCurveCallback(Callback):
+class LossCurveCallback(OptionalWork, Callback):
     """Collects (step, train loss) and (step, val loss); writes ``path`` (PNG) at the end and, with
     ``every_n_steps > 0``, every N steps.  The history is kept in checkpoints, so a resumed run
     plots its whole curve."""
@@ -161,7 +167,7 @@ class LossCurveCallback(Callback):
         else:
             self.train.append((step, value))
         if self.every_n_steps > 0 and step % self.every_n_steps == 0 and trainer.is_global_zero:
-            self.plot()
+            self.guarded(str(self.path), self.plot)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -172,15 +178,12 @@ class LossCurveCallback(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            self.plot()
+            self.guarded(str(self.path), self.plot)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         # The curve up to the failure (e.g. a NaN loss) is what one wants to look at; never mask the error.
         if trainer.is_global_zero and self.train:
-            try:
-                self.plot()
-            except Exception:  # noqa: BLE001
-                pass
+            self.guarded(str(self.path), self.plot)
 
     def plot(self) -> Path:
         """Write the PNG (and ``loss_history.json`` beside it) atomically; returns the PNG path."""
@@ -217,11 +220,13 @@ def standard_callbacks(out_dir: Union[str, Path], *, adapter_every_n_steps: int 
                        resume_every_n_steps: int = 500, resume_keep_last: int = 2,
                        sample_prompts: Optional[Sequence[Any]] = None, sample_every_n_steps: int = 500,
                        sample_num_steps: int = 8, sample_max_image_side: int = 1024,
-                       loss_curve_every_n_steps: int = 0, progress_refresh_rate: int = 1) -> list[Callback]:
-    """The usual set for ``<out>``: adapter folders (``adapters/``), resume checkpoints
-    (``checkpoints/``), sample grids (``samples/``, when prompts are given), ``loss_curve.png``
-    and Lightning's TQDM progress bar (the loss is shown in its postfix).  Pass the Trainer
-    ``plugins=[SafeCheckpointIO()]`` as well."""
+                       loss_curve_every_n_steps: int = 0, progress_refresh_rate: int = 1,
+                       summary: Optional[Any] = None) -> list[Callback]:
+    """The usual set for ``<out>``: what must be written first (:class:`RunOutputs`: the final
+    resume checkpoint and ``summary.json`` from ``summary(trainer, module)``), adapter folders
+    (``adapters/``), resume checkpoints (``checkpoints/``), then the optional outputs: sample grids
+    (``samples/``, when prompts are given), ``loss_curve.png`` and Lightning's TQDM progress bar.
+    Pass the Trainer ``plugins=[SafeCheckpointIO()]`` as well."""
     from lightning.pytorch.callbacks import TQDMProgressBar
 
     from .checkpointing import AdapterCheckpoint, resume_checkpoint_callback
@@ -229,6 +234,7 @@ def standard_callbacks(out_dir: Union[str, Path], *, adapter_every_n_steps: int 
     out = Path(out_dir)
     callbacks: list[Callback] = [
         AdapterCheckpoint(out / "adapters", every_n_steps=adapter_every_n_steps, keep_last=adapter_keep_last),
+        RunOutputs(out, summary),
         resume_checkpoint_callback(out / "checkpoints", every_n_steps=resume_every_n_steps,
                                    keep_last=resume_keep_last),
         LossCurveCallback(out / "loss_curve.png", every_n_steps=loss_curve_every_n_steps),
@@ -236,6 +242,6 @@ def standard_callbacks(out_dir: Union[str, Path], *, adapter_every_n_steps: int 
     if progress_refresh_rate > 0:  # 0: no bar (then also pass Trainer(enable_progress_bar=False))
         callbacks.append(TQDMProgressBar(refresh_rate=progress_refresh_rate))
     if sample_prompts:
-        callbacks.insert(2, SampleGridCallback(out / "samples", sample_prompts, every_n_steps=sample_every_n_steps,
+        callbacks.insert(3, SampleGridCallback(out / "samples", sample_prompts, every_n_steps=sample_every_n_steps,
                                                num_steps=sample_num_steps, max_image_side=sample_max_image_side))
     return callbacks

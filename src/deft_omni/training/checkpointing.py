@@ -54,8 +54,28 @@ class SafeCheckpointIO(TorchCheckpointIO):
                         weights_only: Optional[bool] = None) -> dict[str, Any]:
         if not Path(path).is_file():
             raise FileNotFoundError(f"Checkpoint file not found: {path}")
-        # weights_only is forced: a resume checkpoint holds tensors and plain data only.
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return load_resume_checkpoint(path, map_location)
+
+
+class UnsafeCheckpointError(ValueError):
+    """A resume checkpoint holds something other than tensors and plain data."""
+
+
+def load_resume_checkpoint(path: _PATH, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True``, always: a resume checkpoint holds tensors and plain
+    data only, so anything else (pickled code) is refused with deft_omni's own words."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        # torch's own message tells how to load it unsafely: never relay that for a file one did not write.
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" (it asks to run {found.group(1)})" if found else ""
+        raise UnsafeCheckpointError(
+            f"{path} holds objects that are not tensors or plain data{what}, which deft_omni never writes: it "
+            f"may have been tampered with, or written by another program, and it is not loaded. Resume from "
+            f"another checkpoint of the run, or start again.") from None
 
 
 def resume_checkpoint_callback(dirpath: Union[str, Path], every_n_steps: int = 500, keep_last: int = 2,
@@ -71,17 +91,29 @@ def resume_checkpoint_callback(dirpath: Union[str, Path], every_n_steps: int = 5
     )
 
 
+def recorded_step(path: Path) -> Optional[int]:
+    """The ``global_step`` a checkpoint records, or None when it cannot be read (a truncated or
+    half-written file is not a checkpoint to resume from).  Tensors are memory-mapped, not read."""
+    try:
+        ckpt = load_resume_checkpoint(path, map_location="cpu", mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable means incomplete here
+        return None
+    step = ckpt.get("global_step") if isinstance(ckpt, dict) else None
+    return int(step) if isinstance(step, int) else None
+
+
 def find_last_checkpoint(dirpath: Union[str, Path]) -> Optional[Path]:
-    """``last.ckpt`` in ``dirpath`` if present, else the step checkpoint of the highest step."""
+    """The complete checkpoint of the highest recorded step among ``last.ckpt`` and
+    ``step_*.ckpt`` (``last.ckpt`` on a tie).  A kill while ``last.ckpt`` was rewritten can leave it
+    older than the newest step checkpoint; it is then not the one to resume from."""
     dirpath = Path(dirpath)
-    if (dirpath / "last.ckpt").is_file():
-        return dirpath / "last.ckpt"
-    steps = []
-    for p in dirpath.glob("step_*.ckpt"):
-        m = re.match(r"^step_(\d+)\.ckpt$", p.name)
-        if m:
-            steps.append((int(m.group(1)), p))
-    return max(steps)[1] if steps else None
+    found = []
+    for p in sorted(dirpath.glob("*.ckpt")):
+        if p.name == "last.ckpt" or re.match(r"^step_(\d+)\.ckpt$", p.name):
+            step = recorded_step(p)
+            if step is not None:
+                found.append((step, p.name == "last.ckpt", p))
+    return max(found)[2] if found else None
 
 
 class AdapterCheckpoint(Callback):

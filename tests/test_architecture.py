@@ -10,7 +10,6 @@ from pathlib import Path
 import grimp
 import pytest
 from importlinter.application import use_cases
-from importlinter.application.user_options import UserOptions  # noqa: F401 - documents the API used
 from importlinter.configuration import configure
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,9 @@ Definitions and costs: docs/inspection.md.
 
 from __future__ import annotations
 
+from .core.atomic import write_json, write_text
+
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -120,8 +121,8 @@ def run(args: argparse.Namespace) -> Path:
         "displacement picture": f"{key}, {args.directions} plane",
         "time": f"load {loaded - start:.1f} s, analysis {time.perf_counter() - loaded:.1f} s",
     }
-    (out / "inspect.md").write_text(markdown(stats, header, images))
-    (out / "inspect.json").write_text(json.dumps(header, indent=2))
+    write_text(out / "inspect.md", markdown(stats, header, images))
+    write_json(out / "inspect.json", header)
     return out
 
 

@@ -3,7 +3,6 @@ the checkpoint plumbing (SafeCheckpointIO, AdapterCheckpoint pruning, find_last_
 
 from __future__ import annotations
 
-import pickle
 
 import pytest
 import torch

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..core.atomic import atomic_path, write_json
 from .conditioning import CameraConditioning
 from .config import CameraError
 from .encoder import CameraEmbedHook
@@ -180,12 +180,14 @@ def save_outputs(out: Path, images: Sequence[Image.Image], records: list[dict], 
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for i, img in enumerate(images):
-        img.save(out / f"frame_{i:03d}.png")
+        with atomic_path(out / f"frame_{i:03d}.png") as tmp:
+            img.save(tmp, format="PNG")
         written.append(out / f"frame_{i:03d}.png")
-    (out / "cameras.json").write_text(json.dumps({"frames": records}, indent=1) + "\n")
+    write_json(out / "cameras.json", {"frames": records}, indent=1)
     if len(images) > 1:
-        images[0].save(out / "path.gif", save_all=True, append_images=list(images[1:]),
-                       duration=int(1000 / fps), loop=0)
+        with atomic_path(out / "path.gif") as tmp:
+            images[0].save(tmp, format="GIF", save_all=True, append_images=list(images[1:]),
+                           duration=int(1000 / fps), loop=0)
         written.append(out / "path.gif")
         if mp4:
             try:

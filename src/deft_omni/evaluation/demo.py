@@ -8,7 +8,8 @@ sub-folders, with sidecars), ``references/<subject>/``, ``targets/``, ``canny/``
 
 from __future__ import annotations
 
-import json
+from ..core.atomic import atomic_path, write_json
+
 import os
 
 import numpy as np
@@ -34,10 +35,10 @@ def shapes_image(seed: int, size: int = 48) -> Image.Image:
 
 def _save(img: Image.Image, path: str, sidecar: dict | None = None) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    img.save(path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
     if sidecar is not None:
-        with open(os.path.splitext(path)[0] + ".json", "w", encoding="utf-8") as fh:
-            json.dump(sidecar, fh)
+        write_json(os.path.splitext(path)[0] + ".json", sidecar, indent=None)
 
 
 def write_demo_set(root: str, per_subject: int = 3, n_control: int = 3) -> dict[str, str]:

@@ -8,8 +8,9 @@ apply to an image) are left out of that metric's statistics.
 
 from __future__ import annotations
 
+from ..core.atomic import atomic_file, write_json
+
 import csv
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -59,7 +60,7 @@ def _fmt(value: Any) -> str:
 
 def write_per_image(path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     head = ["image", "subject", "text"] + list(columns)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_file(path, "w", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(head)
         for row in rows:
@@ -68,7 +69,7 @@ def write_per_image(path: str, rows: Sequence[dict[str, Any]], columns: Sequence
 
 def write_per_subject(path: str, stats: dict[str, dict[str, Stat | None]], columns: Sequence[str]) -> None:
     head = ["subject", "n"] + [f"{c}_{k}" for c in columns for k in ("mean", "std")]
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_file(path, "w", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(head)
         for subject, per in stats.items():
@@ -108,7 +109,7 @@ def write_outputs(out: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
                                                          "metrics.json")}
     write_per_image(paths["per_image.csv"], rows, columns)
     write_per_subject(paths["per_subject.csv"], stats, columns)
-    with open(paths["summary.md"], "w", encoding="utf-8") as fh:
+    with atomic_file(paths["summary.md"], "w", encoding="utf-8") as fh:
         fh.write(f"# Evaluation of {meta.get('generated', '?')}\n\n")
         fh.write(markdown_table(stats, columns))
         if notes:
@@ -121,6 +122,5 @@ def write_outputs(out: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
                         for subj, per in list(stats.items())[:-1]},
         "per_image": list(rows),
     }
-    with open(paths["metrics.json"], "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2)
+    write_json(paths["metrics.json"], payload)
     return paths

@@ -8,6 +8,8 @@ numbers mean nothing; only the code paths are real.
 
 from __future__ import annotations
 
+from ..core.atomic import atomic_path
+
 import itertools
 import os
 
@@ -140,9 +142,11 @@ def build_tiny_aesthetic_head(path: str, layout: str = "mlp", width: int = _CLIP
     if path.endswith(".safetensors"):
         from safetensors.torch import save_file
 
-        save_file(state, path)
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp))
     else:
-        torch.save(state, path)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
     return path
 
 

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..core.atomic import atomic_path  # noqa: E402
+
 from .collect import split_layer  # noqa: E402
 from .displacement import Displacement  # noqa: E402
 from .subspace import UnitStats  # noqa: E402
@@ -61,7 +63,8 @@ def heatmap(stats: list[UnitStats], attr: str, title: str, cmap: str, path: Path
                 ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7, color="black")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 
@@ -101,6 +104,7 @@ def displacement_plot(disp: Displacement, path: Path) -> Path:
     fig.suptitle(f"{disp.unit}: {len(disp.columns)} columns of W0 moved by the update\n(projected onto the "
                  f"{plane})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..core.atomic import atomic_file
+
 import csv
 import math
 from pathlib import Path
@@ -31,7 +33,7 @@ def stats_row(s: UnitStats) -> dict[str, Any]:
 
 
 def write_csv(stats: list[UnitStats], path: Path) -> Path:
-    with open(path, "w", newline="") as fh:
+    with atomic_file(path, "w") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         for s in stats:

@@ -6,6 +6,8 @@ pipe tables, paragraphs), so no Markdown package is required.
 
 from __future__ import annotations
 
+from ..core.atomic import write_text
+
 import html
 import math
 import os
@@ -98,6 +100,6 @@ def to_html(markdown: str, title: str) -> str:
 
 def write_pages(out: Path, markdown: str, title: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(markdown)
-    (out / "report.html").write_text(to_html(markdown, title))
+    write_text(out / "report.md", markdown)
+    write_text(out / "report.html", to_html(markdown, title))
     return out / "report.md"

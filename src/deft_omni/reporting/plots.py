@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..core.atomic import atomic_path  # noqa: E402
+
 from ..training.callbacks import smooth  # noqa: E402 - one smoothing for the curve and the report
 
 Series = list[tuple[int, float]]
@@ -18,7 +20,8 @@ Series = list[tuple[int, float]]
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 

@@ -6,6 +6,8 @@ adapter's method / decomposition / rank from each job's config.yaml and any eval
 
 from __future__ import annotations
 
+from ..core.atomic import atomic_file
+
 import csv
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,7 @@ def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 def write_csv(rows: list[dict[str, Any]], columns: list[tuple[str, str]], path: Path) -> Path:
     keys = [k for k, _ in columns]
-    with open(path, "w", newline="") as fh:
+    with atomic_file(path, "w") as fh:
         writer = csv.writer(fh)
         header = []
         for k in keys:

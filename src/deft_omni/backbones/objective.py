@@ -49,6 +49,11 @@ class LossConfig:
         "help": "Validation evaluates every sample at each of these t."})
     val_seed: int = field(default=0, metadata={
         "help": "Validation noise: one N(0, I) draw per sample key, seeded by (val_seed, key)."})
+    background_weight: float = field(default=1.0, metadata={
+        "help": "Weight of latent pixels outside a sample's output mask (samples without a mask: every pixel "
+                "weighs 1). 1.0 is the plain loss; 0 trains on the masked subject only."})
+    mask_dilate: int = field(default=0, metadata={
+        "help": "Grow each output mask by this many latent pixels (8 image px each) before weighting."})
 
     def __post_init__(self) -> None:
         if self.t_sampling not in T_SAMPLINGS:
@@ -61,6 +66,14 @@ class LossConfig:
         if not grid or any(not 0.0 <= t <= 1.0 for t in grid):
             raise ValueError(f"loss.val_t_grid must be a non-empty list of t in [0, 1], got {grid}")
         self.val_t_grid = grid
+        if not 0.0 <= self.background_weight <= 1.0:
+            raise ValueError(f"loss.background_weight must lie in [0, 1], got {self.background_weight}")
+        if self.mask_dilate < 0:
+            raise ValueError(f"loss.mask_dilate must be >= 0 latent pixels, got {self.mask_dilate}")
+
+    @property
+    def masked(self) -> bool:
+        return self.background_weight != 1.0
 
 
 def sample_t(batch_size: int, cfg: LossConfig, generator: Optional[torch.Generator] = None,
@@ -85,6 +98,23 @@ def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return diff.pow(2).flatten(1).mean(dim=1)
 
 
+def latent_weights(masks: torch.Tensor, factor: int, background_weight: float, dilate: int = 0) -> torch.Tensor:
+    """(B, 1, h, w) loss weights on the latent grid from (B, 1, H, W) masks in [0, 1]: the mask's
+    area average over each latent pixel's ``factor`` x ``factor`` image pixels, grown by ``dilate``
+    latent pixels, then ``w = background + (1 - background) * m``."""
+    m = torch.nn.functional.avg_pool2d(masks.float(), factor)
+    if dilate:
+        m = torch.nn.functional.max_pool2d(m, 2 * dilate + 1, stride=1, padding=dilate)
+    return background_weight + (1.0 - background_weight) * m
+
+
+def masked_per_sample_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B,) sum(w e) / sum(w) per sample, e the squared error, w broadcast over the channels."""
+    err = (pred.float() - target.float()).pow(2)
+    w = weights.to(err).expand_as(err)
+    return (w * err).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1e-12)
+
+
 def weighted_batch_mean(per_sample: torch.Tensor, loss_weight: Optional[torch.Tensor]) -> torch.Tensor:
     """mean_b(w_b * l_b); w = 1 when ``loss_weight`` is None."""
     if loss_weight is None:
@@ -100,18 +130,21 @@ class FlowLossOutput:
 
 
 def flow_matching_loss(transformer: torch.nn.Module, x1: torch.Tensor, cond: Mapping[str, Any], *,
-                       noise: torch.Tensor, t: torch.Tensor,
-                       loss_weight: Optional[torch.Tensor] = None) -> FlowLossOutput:
+                       noise: torch.Tensor, t: torch.Tensor, loss_weight: Optional[torch.Tensor] = None,
+                       pixel_weights: Optional[torch.Tensor] = None) -> FlowLossOutput:
     """The rectified-flow loss for target latents ``x1``, ``noise`` (= x0) and ``t``.
 
-    ``cond``: :func:`deft_omni.model.latents.omnigen_condition` of the batch.  All randomness is in
-    the arguments, so a test can recompute the formula directly."""
+    ``cond``: :func:`deft_omni.model.latents.omnigen_condition` of the batch; ``pixel_weights``
+    (B, 1, h, w): per-latent-pixel weights (:func:`latent_weights`), None for the plain mean.  All
+    randomness is in the arguments, so a test can recompute the formula directly."""
     if noise.shape != x1.shape:
         raise ValueError(f"noise shape {tuple(noise.shape)} != latent shape {tuple(x1.shape)}")
     if t.shape != (x1.shape[0],):
         raise ValueError(f"t must have shape ({x1.shape[0]},), got {tuple(t.shape)}")
     x_t, target = interpolate(x1, noise, t)
-    per_sample = per_sample_mse(predict_velocity(transformer, x_t, t, cond), target)
+    pred = predict_velocity(transformer, x_t, t, cond)
+    per_sample = per_sample_mse(pred, target) if pixel_weights is None else \
+        masked_per_sample_mse(pred, target, pixel_weights)
     return FlowLossOutput(weighted_batch_mean(per_sample, loss_weight), per_sample, t)
 
 
@@ -131,7 +164,8 @@ def key_noise(keys: Sequence[str], shape: Sequence[int], seed: int, device: torc
 @torch.no_grad()
 def validation_flow_loss(transformer: torch.nn.Module, x1: torch.Tensor, cond: Mapping[str, Any],
                          keys: Sequence[str], t_grid: Sequence[float], seed: int = 0,
-                         loss_weight: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         loss_weight: Optional[torch.Tensor] = None,
+                         pixel_weights: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic loss: fixed noise per sample key, every t of ``t_grid`` for every sample.
 
     Returns (mean over the grid of the weighted batch loss, (len(t_grid),) per-t losses)."""
@@ -139,7 +173,8 @@ def validation_flow_loss(transformer: torch.nn.Module, x1: torch.Tensor, cond: M
     per_t = []
     for tv in t_grid:
         t = torch.full((x1.shape[0],), float(tv), dtype=torch.float32, device=x1.device)
-        per_t.append(flow_matching_loss(transformer, x1, cond, noise=noise, t=t, loss_weight=loss_weight).loss)
+        per_t.append(flow_matching_loss(transformer, x1, cond, noise=noise, t=t, loss_weight=loss_weight,
+                                        pixel_weights=pixel_weights).loss)
     per_t_tensor = torch.stack(per_t)
     return per_t_tensor.mean(), per_t_tensor
 
@@ -151,6 +186,8 @@ __all__ = [
     "T_SAMPLINGS",
     "flow_matching_loss",
     "interpolate",
+    "latent_weights",
+    "masked_per_sample_mse",
     "key_noise",
     "per_sample_mse",
     "sample_t",

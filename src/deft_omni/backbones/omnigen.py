@@ -16,7 +16,14 @@ from ..model import detect_layout, ensure_tiny_omnigen, load_omnigen, transforme
 from ..model.latents import LatentEncoder, input_image_cache_keys, omnigen_condition, vae_downsampling
 from .base import Backbone
 from .named import world_base_folder
-from .objective import FlowLossOutput, LossConfig, flow_matching_loss, sample_t, validation_flow_loss
+from .objective import (
+    FlowLossOutput,
+    LossConfig,
+    flow_matching_loss,
+    latent_weights,
+    sample_t,
+    validation_flow_loss,
+)
 from .registry import register_backbone
 
 
@@ -130,14 +137,24 @@ class OmniGenBackbone(Backbone):
         x1, inputs = self.encode_batch(batch, cfg.latent_mode, generator)
         noise = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
         return flow_matching_loss(self.denoiser, x1, self._condition(batch, inputs, device), noise=noise, t=t,
-                                  loss_weight=batch["loss_weight"].to(device))
+                                  loss_weight=batch["loss_weight"].to(device),
+                                  pixel_weights=self._pixel_weights(batch, cfg, device))
 
     @torch.no_grad()
     def validation_loss(self, batch: Mapping[str, Any], cfg: LossConfig) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(self.vae.parameters()).device
         x1, inputs = self.encode_batch(batch, "mean")
         return validation_flow_loss(self.denoiser, x1, self._condition(batch, inputs, device), batch["keys"],
-                                    cfg.val_t_grid, cfg.val_seed, loss_weight=batch["loss_weight"].to(device))
+                                    cfg.val_t_grid, cfg.val_seed, loss_weight=batch["loss_weight"].to(device),
+                                    pixel_weights=self._pixel_weights(batch, cfg, device))
+
+    def _pixel_weights(self, batch: Mapping[str, Any], cfg: LossConfig, device: torch.device
+                       ) -> Optional[torch.Tensor]:
+        """Latent-grid loss weights from the batch's output masks (None: the plain loss)."""
+        if not cfg.masked or "output_masks" not in batch:
+            return None
+        return latent_weights(batch["output_masks"].to(device), vae_downsampling(self.vae), cfg.background_weight,
+                              cfg.mask_dilate)
 
     # --------------------------------------------------------------------- sampling
     @torch.no_grad()

@@ -62,6 +62,7 @@ class ProcessedSample:
     url: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # conditioner name -> vector (see .conditioning)
+    output_mask: torch.Tensor | None = None  # (1, H, W) in [0, 1], 1 = foreground (the loss may ignore the rest)
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -80,28 +81,38 @@ def _centre_crop(img: Image.Image, width: int, height: int) -> Image.Image:
     return img.crop((left, top, left + width, top + height))
 
 
-def fit_image(img: Image.Image, max_side: int, multiple: int = 16,
-              bucket_sizes: Sequence[tuple[int, int]] | None = None) -> Image.Image:
-    """Resize/crop as described in the module docstring; returns an RGB image."""
-    img = to_rgb(img)
-    w, h = img.size
+def fit_geometry(width: int, height: int, max_side: int, multiple: int = 16,
+                 bucket_sizes: Sequence[tuple[int, int]] | None = None
+                 ) -> tuple[tuple[int, int] | None, tuple[int, int]]:
+    """(size to resize to or None, (crop width, crop height)) of :func:`fit_image`, from sizes only."""
+    w, h = width, height
     if bucket_sizes:
         aspect = math.log(w / h)
         bh, bw = min(bucket_sizes, key=lambda s: (abs(math.log(s[1] / s[0]) - aspect), -s[0] * s[1]))
         scale = max(bw / w, bh / h)
         size = (max(bw, math.ceil(w * scale)), max(bh, math.ceil(h * scale)))
-        if size != (w, h):
-            img = img.resize(size, Image.Resampling.BICUBIC)
-        return _centre_crop(img, bw, bh)
+        return (size if size != (w, h) else None), (bw, bh)
+    resize = None
     if max(w, h) > max_side:
         scale = max_side / max(w, h)
-        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
-        w, h = img.size
+        resize = (max(1, round(w * scale)), max(1, round(h * scale)))
+        w, h = resize
     cw, ch = (w // multiple) * multiple, (h // multiple) * multiple
     if cw == 0 or ch == 0:
         raise ValueError(f"image of {w}x{h} px (after fitting to max side {max_side}) has a side "
                          f"below {multiple} px")
-    return _centre_crop(img, cw, ch) if (cw, ch) != (w, h) else img
+    return resize, (cw, ch)
+
+
+def fit_image(img: Image.Image, max_side: int, multiple: int = 16,
+              bucket_sizes: Sequence[tuple[int, int]] | None = None, *, mask: bool = False) -> Image.Image:
+    """Resize/crop as described in the module docstring; returns an RGB image (``mask``: the same
+    geometry for a single-channel mask, resized with box averaging so soft edges stay soft)."""
+    img = img.convert("L") if mask else to_rgb(img)
+    resize, (cw, ch) = fit_geometry(img.width, img.height, max_side, multiple, bucket_sizes)
+    if resize is not None:
+        img = img.resize(resize, Image.Resampling.BOX if mask else Image.Resampling.BICUBIC)
+    return _centre_crop(img, cw, ch) if (cw, ch) != img.size else img
 
 
 class OmniGenTrainProcessor:
@@ -223,11 +234,16 @@ class OmniGenTrainProcessor:
                          for k, img in enumerate(inputs, start=1)]
         ids, spans = self.tokenize(instruction, [tuple(t.shape[-2:]) for t in input_tensors], key=key, url=url)
         output = self.prepare_image(sample.output, bucket_sizes=buckets, key=key, url=url, name="output")
+        mask = None
+        if getattr(sample, "output_mask", None) is not None:
+            fitted = fit_image(sample.output_mask, self.max_image_side, self.size_multiple, buckets, mask=True)
+            mask = torch.from_numpy(np.asarray(fitted, dtype=np.float32) / 255.0).unsqueeze(0)
         prior = sample.is_prior if is_prior is None else bool(is_prior)
         return ProcessedSample(key=key, input_ids=ids, image_spans=spans, input_images=input_tensors,
                                output_image=output, task=sample.task,
                                loss_weight=self.prior_loss_weight if prior else 1.0, is_prior=prior,
-                               cfg_dropped=dropped, url=url, meta=dict(sample.meta), extras=extras)
+                               cfg_dropped=dropped, url=url, meta=dict(sample.meta), extras=extras,
+                               output_mask=mask)
 
     # ---------------------------------------------------------------------- batch
 
@@ -328,6 +344,10 @@ def collate_processed(items: Sequence[ProcessedSample], pad_id: int = 0,
         "output_size": (height, width),
         "num_output_tokens": n_out,
     }
+    if any(it.output_mask is not None for it in ordered):
+        # Rows without a mask weigh every pixel: an all-ones mask.
+        batch["output_masks"] = torch.stack([it.output_mask if it.output_mask is not None else
+                                             torch.ones(1, height, width) for it in ordered])
     for name in sorted({n for it in ordered for n in it.extras}):
         width = next(it.extras[name].numel() for it in ordered if name in it.extras)
         batch[name] = torch.stack([it.extras[name].float().reshape(width) if name in it.extras

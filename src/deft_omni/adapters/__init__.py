@@ -25,7 +25,8 @@ __all__ = [
     "merge_adapters", "unmerge_adapters", "param_groups", "set_active_adapters", "set_adapter_scale",
 ]
 
-from .io import AdapterLoadError, load_adapter, read_adapter_config, save_adapter  # noqa: E402
+from .errors import AdapterLoadError  # noqa: E402
+from .io import load_adapter, read_adapter_config, save_adapter  # noqa: E402
 from .model_ops import delete_adapter  # noqa: E402
 
 __all__ += ["AdapterLoadError", "load_adapter", "read_adapter_config", "save_adapter", "delete_adapter"]

@@ -25,22 +25,26 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import PEFT_DECOMPOSITIONS, AdapterConfig
+from .config import AdapterConfig
+from .errors import AdapterLoadError
 from .fingerprint import fingerprint_mismatch
 from .inject import inject_adapter
 from .model_ops import adapter_branches, adapter_configs, base_fingerprints, delete_adapter
+from .peft_config import (
+    PEFT_CONFIG_NAME,
+    check_agreement,
+    config_from_peft,
+    peft_config_dict,
+    peft_representable,
+    read_json_object,
+)
 
 WEIGHTS_NAME = "adapter_model.safetensors"
-PEFT_CONFIG_NAME = "adapter_config.json"
 CONFIG_NAME = "deft_omni.json"
 FORMAT = "deft_omni.adapter"
 FORMAT_VERSION = 1
 PREFIX = "base_model.model."
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-class AdapterLoadError(ValueError):
-    """An adapter folder that cannot be applied to this model (names the file and the fix)."""
 
 
 def unit_key(modules: list[str]) -> str:
@@ -61,32 +65,6 @@ def _branch_tensors(branch, config: AdapterConfig) -> tuple[torch.Tensor, ...]:
     if config.method == "lora":
         return (branch.lora_A, branch.lora_B)
     return (branch.P, branch.R) if config.has_r else (branch.P,)
-
-
-# -- peft config ----------------------------------------------------------------------------
-def peft_config_dict(config: AdapterConfig, modules: list[str]) -> dict:
-    if config.method == "lora":
-        return {
-            "peft_type": "LORA", "r": config.rank, "lora_alpha": config.alpha or config.rank,
-            "lora_dropout": config.dropout, "target_modules": modules, "bias": "none",
-            "fan_in_fan_out": False, "init_lora_weights": True, "use_rslora": False, "use_dora": False,
-            "task_type": None, "base_model_name_or_path": None, "inference_mode": True,
-        }
-    alpha = config.alpha
-    if alpha is not None and float(alpha).is_integer():
-        alpha = int(alpha)
-    return {
-        "peft_type": "DEFT", "r": config.rank, "alpha": alpha, "decomposition_method": config.decomposition,
-        "para": config.method == "para", "deft_dropout": config.dropout, "target_modules": modules,
-        "init_scale": config.init_scale, "init_weights": config.init_identity, "bias": "none",
-        "fan_in_fan_out": False, "task_type": None, "base_model_name_or_path": None, "inference_mode": True,
-    }
-
-
-def peft_representable(config: AdapterConfig) -> bool:
-    if config.fused_groups:
-        return False
-    return config.method == "lora" or config.decomposition in PEFT_DECOMPOSITIONS
 
 
 # -- save -----------------------------------------------------------------------------------
@@ -146,25 +124,6 @@ def write_adapter_folder(path: Union[str, Path], tensors: dict, meta: dict, peft
 
 
 # -- load -----------------------------------------------------------------------------------
-def _config_from_peft(data: dict, source: Path) -> AdapterConfig:
-    kind = data.get("peft_type")
-    targets = data.get("target_modules")
-    if kind == "LORA":
-        if data.get("use_rslora") or data.get("use_dora"):
-            raise AdapterLoadError(f"{source}: rsLoRA/DoRA adapters are not supported; use plain LoRA.")
-        return AdapterConfig(method="lora", rank=data["r"], alpha=data.get("lora_alpha"),
-                             dropout=data.get("lora_dropout", 0.0), target_modules=targets,
-                             exclude_modules=data.get("exclude_modules"))
-    if kind == "DEFT":
-        return AdapterConfig(method="para" if data.get("para") else "deft", rank=data["r"],
-                             alpha=data.get("alpha"), decomposition=data.get("decomposition_method", "relu"),
-                             dropout=data.get("deft_dropout", 0.0), target_modules=targets,
-                             exclude_modules=data.get("exclude_modules"), init_identity=False,
-                             init_scale=data.get("init_scale", 1.0))
-    raise AdapterLoadError(f"{source}: field 'peft_type'={kind!r} is not an adapter method deft_omni knows "
-                           f"(DEFT or LORA).")
-
-
 def read_adapter_config(path: Union[str, Path]) -> tuple[AdapterConfig, dict]:
     """(config, metadata) of an adapter folder made by deft_omni or by peft (DEFT/LoRA)."""
     path = Path(path)
@@ -172,19 +131,18 @@ def read_adapter_config(path: Union[str, Path]) -> tuple[AdapterConfig, dict]:
         raise AdapterLoadError(f"adapter folder {path} does not exist")
     ours, theirs = path / CONFIG_NAME, path / PEFT_CONFIG_NAME
     if ours.exists():
-        try:
-            meta = json.loads(ours.read_text())
-        except json.JSONDecodeError as err:
-            raise AdapterLoadError(f"{ours}: not valid JSON ({err})") from None
+        meta = read_json_object(ours)
         if meta.get("format") != FORMAT:
             raise AdapterLoadError(f"{ours}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
         try:
             config = AdapterConfig.from_dict(meta["config"], source=str(ours))
         except (KeyError, TypeError, ValueError) as err:
             raise AdapterLoadError(f"{ours}: field 'config' is invalid: {err}") from None
+        if theirs.exists():
+            check_agreement(config, meta, ours, theirs)
         return config, meta
     if theirs.exists():
-        return _config_from_peft(json.loads(theirs.read_text()), theirs), {}
+        return config_from_peft(read_json_object(theirs), theirs), {}
     raise AdapterLoadError(f"{path}: neither {CONFIG_NAME} nor {PEFT_CONFIG_NAME} found; is this an adapter folder?")
 
 

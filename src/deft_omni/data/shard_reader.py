@@ -66,6 +66,15 @@ def tar_problem(path: str) -> str | None:
 
 
 _CHECKED: dict[tuple[str, int, int], str | None] = {}
+_WARNED: set[str] = set()
+
+
+def _warn_once(url: str, message: str) -> None:
+    """Each damaged shard is named once per process, not once per pass over it (the counts
+    keep counting every read)."""
+    if url not in _WARNED:
+        _WARNED.add(url)
+        log.warning(message)
 
 
 def _checked_problem(url: str) -> str | None:
@@ -142,7 +151,7 @@ class ShardReader:
             if self.strict:
                 raise ShardReadError(f"shard {url} is unreadable: {exn}") from exn
             self.stats.add(SHARD_ERRORS)
-            log.warning("shard %s: unreadable data, the rest of the shard is skipped: %r", url, exn)
+            _warn_once(url, f"shard {url}: unreadable data, the rest of the shard is skipped: {exn!r}")
             return True
 
         truncated = _checked_problem(url)
@@ -183,10 +192,9 @@ class ShardReader:
             if self.strict:
                 raise ShardReadError(message)
             if accounts:
-                log.warning(message)
+                _warn_once(url, message)
         elif truncated is not None and accounts:
-            log.warning("shard %s is truncated or damaged (%s); %d samples were read from it", url, truncated,
-                        found)
+            _warn_once(url, f"shard {url} is truncated or damaged ({truncated}); {found} samples were read from it")
 
 
 def make_reader(urls: list[str], counts: list[int | None], mode: str, *, rank: int, world_size: int,

@@ -115,3 +115,20 @@ def test_one_shard_split_by_sample_among_workers_reads_each_sample_once(processo
     assert keys == sorted(f"v_0_{i}" for i in range(14))  # both workers busy, no sample twice
     assert loader.counts["data/shards_read"] == 1 and loader.counts["data/samples_read"] == 14
     loader.close()
+
+
+def test_a_resume_reaches_running_workers(processor, tmp_path):
+    d = write_shards(tmp_path / "res", 2, 6, prefix="r")
+
+    def make():
+        return build_train_loader([d], processor, batch_size=2, num_workers=2, epoch_length_batches=4, seed=5)
+
+    fresh = make()
+    fresh.load_state_dict(fresh.state_for_step(6))  # epoch 1, 2 batches in: salt 2
+    want = [b["keys"] for b in fresh]
+    running = make()
+    list(running)  # workers started and serving epoch 0
+    running.load_state_dict(running.state_for_step(6))  # the same workers must take the new plan
+    assert [b["keys"] for b in running] == want and len(want) == 2
+    fresh.close()
+    running.close()

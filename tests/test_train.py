@@ -117,6 +117,10 @@ def test_train_in_process_writes_everything(tmp_path, monkeypatch):
     for rel in ["adapters/final/adapter_model.safetensors", "adapters/step_000006", "checkpoints/last.ckpt",
                 "samples/step_000006.png", "loss_curve.png", "logs/metrics.csv", "config.yaml"]:
         assert (run / rel).exists(), rel
+    # What the loader read and skipped is recorded, not only logged.
+    assert 12 * 2 <= summary["data"]["data/samples_used"] <= 12 * 2 + 2  # + what the loader fetched ahead
+    assert not any(k.startswith("data/skipped/") for k in summary["data"])
+    assert "data/samples_used" in (run / "logs" / "metrics.csv").read_text().splitlines()[0]
 
 
 def test_tensorboard_logger_is_optional(tmp_path):

@@ -78,6 +78,7 @@ class ShardDataModule(pl.LightningDataModule):
         self.sources: list[Any] = [(path, weight) for path, weight in train]
         if prior:
             self.sources.append(ShardSource(prior["path"], float(prior.get("weight", 1.0)), is_prior=True))
+        self.loaders: list[Any] = []
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -88,13 +89,15 @@ class ShardDataModule(pl.LightningDataModule):
 
         data = self.cfg.data
         rank, world = self._rank()
-        return build_train_loader(
+        loader = build_train_loader(
             self.sources, self.processor, batch_size=data.batch_size, num_workers=data.num_workers,
             epoch_length_batches=data.epoch_length_batches, resampled=data.resampled,
-            shuffle_buffer=data.shuffle_buffer, seed=self.cfg.seed, strict=data.strict,
-            bucket_sizes=[tuple(s) for s in data.bucket_sizes] if data.bucket_sizes else None,
+            split=data.get("split", "auto"), shuffle_buffer=data.shuffle_buffer, seed=self.cfg.seed,
+            strict=data.strict, bucket_sizes=[tuple(s) for s in data.bucket_sizes] if data.bucket_sizes else None,
             rank=rank, world_size=world,
         )
+        self.loaders.append(loader)
+        return loader
 
     def val_dataloader(self):
         from .data import build_val_loader
@@ -102,8 +105,16 @@ class ShardDataModule(pl.LightningDataModule):
         if not self.val_path:
             return []
         # Every rank reads the whole (small) held-out set: equal batch counts, identical metrics.
-        return build_val_loader(self.val_path, self.processor, batch_size=self.cfg.data.batch_size,
-                                num_workers=0, split_by_rank=False)
+        loader = build_val_loader(self.val_path, self.processor, batch_size=self.cfg.data.batch_size,
+                                  num_workers=0, split_by_rank=False, strict=self.cfg.data.strict)
+        self.loaders.append(loader)
+        return loader
+
+    def teardown(self, stage: str) -> None:
+        # Persistent workers stop now, not whenever the garbage collector gets to them.
+        for loader in self.loaders:
+            loader.close()
+        self.loaders = []
 
 
 def sample_prompts(cfg: DictConfig, paths: Optional[tuple] = None) -> list:
@@ -195,7 +206,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def run_summary(trainer: pl.Trainer, module: Any, elapsed: float) -> dict[str, Any]:
+def run_summary(trainer: pl.Trainer, module: Any, elapsed: float,
+                data_counts: Optional[dict[str, float]] = None) -> dict[str, Any]:
     from .training import LossCurveCallback
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
@@ -211,6 +223,7 @@ def run_summary(trainer: pl.Trainer, module: Any, elapsed: float) -> dict[str, A
         "steps_per_s": trainer.global_step / elapsed if elapsed > 0 else None,
         "peak_memory_mb": None if peak is None else peak * 1024,
         "wall_s": elapsed,
+        "data": data_counts if data_counts is not None else getattr(module, "data_counts", None),
     }
 
 

@@ -94,3 +94,24 @@ def test_param_groups_split_P_from_R():
 def test_param_groups_without_adapter():
     with pytest.raises(ValueError, match="inject an adapter first"):
         param_groups(Net(), lr=1e-3)
+
+
+def test_injection_keeps_the_models_mode():
+    """An adapter injected into an eval-mode model (generation) applies no dropout; in a training-
+    mode model it does."""
+    import torch
+    from torch import nn
+
+    from deft_omni.adapters import AdapterConfig, inject_adapter
+
+    for training in (False, True):
+        model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16)).train(training)
+        inject_adapter(model, AdapterConfig(method="lora", rank=4, dropout=0.5, target_modules=["0", "2"]))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1)
+        assert all(m.training == training for m in model.modules())
+        x = torch.randn(8, 16)
+        with torch.no_grad():
+            same = torch.equal(model(x), model(x))
+        assert same == (not training)

@@ -120,3 +120,16 @@ def test_dtype_vocabulary():
     assert dtype_name("bf16") == "bfloat16"
     with pytest.raises(ValueError, match="bf16"):
         resolve_dtype("int3")
+
+
+def test_writers_that_chmod_are_overruled(tmp_path, umask_022):
+    """safetensors' save_file makes its file 0600 whatever the umask; the writer settles it."""
+    import torch
+    from safetensors.torch import save_file
+
+    with atomic.atomic_path(tmp_path / "a.safetensors") as tmp:
+        save_file({"x": torch.zeros(2)}, str(tmp))
+    with atomic.atomic_dir(tmp_path / "folder") as staging:
+        save_file({"x": torch.zeros(2)}, str(staging / "b.safetensors"))
+    assert _mode(tmp_path / "a.safetensors") == 0o644
+    assert _mode(tmp_path / "folder" / "b.safetensors") == 0o644

@@ -54,15 +54,25 @@ def test_two_ranks_read_disjoint_shards_and_equal_epochs(processor, tmp_path, fo
         assert tuple(seen) == expect
 
 
-def test_too_few_shards_warns_or_fails(processor, four_shards):
-    with pytest.warns(UserWarning, match="maxcount.*fewer workers.*resampled=True"):
-        build_train_loader([four_shards], processor, 2, num_workers=3, epoch_length_batches=1,
-                           rank=0, world_size=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # enough shards: silent
-        build_train_loader([four_shards], processor, 2, epoch_length_batches=1, rank=1, world_size=4)
-    with pytest.raises(ValueError, match="rank 4 of 5 receives no shard"), pytest.warns(UserWarning):
-        build_train_loader([four_shards], processor, 2, epoch_length_batches=1, rank=4, world_size=5)
+def test_too_few_shards_split_by_sample_or_fail_when_forced(processor, four_shards, caplog):
+    # 4 shards for 2 ranks x 3 workers: split by sample, said once (rank 0), no warning.
+    with warnings.catch_warnings(), caplog.at_level("INFO", logger="deft_omni.data.loader"):
+        warnings.simplefilter("error")
+        loader = build_train_loader([four_shards], processor, 2, num_workers=3, epoch_length_batches=1,
+                                    rank=0, world_size=2)
+        assert loader._kwargs["modes"] == ["sample"]
+        assert [r.getMessage() for r in caplog.records if "split by sample" in r.getMessage()] != []
+        # enough shards: by shard, silently
+        caplog.clear()
+        loader = build_train_loader([four_shards], processor, 2, epoch_length_batches=1, rank=1, world_size=4)
+        assert loader._kwargs["modes"] == ["shard"] and not caplog.records
+        # rank 4 of 5 gets no whole shard, but its share of samples
+        loader = build_train_loader([four_shards], processor, 2, epoch_length_batches=2, rank=4, world_size=5)
+        keys = [k for b in loader for k in b["keys"]]
+        assert len(keys) == 4
+    with pytest.raises(ValueError, match=r"^\S+ has 4 shard\(s\) for 5 ranks: with data.split=shard ranks 4..4 get "
+                                         r"none. Use data.split=auto"):
+        build_train_loader([four_shards], processor, 2, epoch_length_batches=1, rank=4, world_size=5, split="shard")
     # resampled: every rank draws from all shards; no warning, and batches flow.
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -33,7 +33,8 @@ def test_failing_sample_grid_changes_nothing(tiny_model_dir, shards, tmp_path):
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half a checkpoint")
     cbs = standard_callbacks(out, adapter_every_n_steps=0, resume_every_n_steps=2, progress_refresh_rate=0,
-                             summary=lambda tr, m, dt: {"steps": int(tr.global_step)})
+                             summary=lambda tr, m, dt, counts: {"steps": int(tr.global_step),
+                                                                "read": counts["data/samples_used"]})
     cbs.append(BrokenGrid(out / "samples", ["a red circle"], every_n_steps=2, num_steps=1))
     from deft_omni.training import SafeCheckpointIO
 
@@ -43,7 +44,7 @@ def test_failing_sample_grid_changes_nothing(tiny_model_dir, shards, tmp_path):
     assert tr.global_step == 3
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert (out / "adapters" / "final" / "adapter_model.safetensors").is_file()
-    assert json.loads((out / "summary.json").read_text()) == {"steps": 3}
+    assert json.loads((out / "summary.json").read_text()) == {"steps": 3, "read": 6}  # 3 batches of 2
     assert not stale.exists()
     leftovers = [p for p in out.rglob("*") if TMP_MARK in p.name]
     assert leftovers == []

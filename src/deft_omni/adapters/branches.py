@@ -35,7 +35,26 @@ class _Fp32Master(nn.Module):
             dtype = probe.dtype if probe.dtype == torch.float64 else t.dtype
             return t.to(device=probe.device, dtype=dtype)
 
-        return super()._apply(keep_dtype, recurse)
+        out = super()._apply(keep_dtype, recurse)
+        self._moved(keep_dtype)
+        return out
+
+    def _moved(self, fn) -> None:
+        """Called after every `.to()`/`.double()`/`.cuda()`: move or drop derived tensors."""
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    """All that identifies a tensor's values short of reading them.
+
+    `.data = other` and `vector_to_parameters` rebind the storage (data_ptr) but keep the
+    version; `.to()` changes dtype or device; in-place ops under no_grad bump the version.
+    """
+    return (t.data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device, t._version)
+
+
+def _same_values(saved: list[torch.Tensor], live: list[torch.Tensor]) -> bool:
+    # Meta tensors hold no values to compare; their storage key already matched.
+    return all(s.is_meta or torch.equal(s, t) for s, t in zip(saved, live))
 
 
 class Branch(_Fp32Master):
@@ -74,16 +93,34 @@ class Branch(_Fp32Master):
 
     # -- the update -------------------------------------------------------------------------
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, A) in fp32 with dW_joint = B @ A; cached while nothing can change them."""
+        """(B, A) in fp32 with dW_joint = B @ A; cached while nothing can change them.
+
+        The cache (no-grad, or frozen adapter) is reused only while every parameter and member
+        weight has the same storage, version, dtype and device, and the adapter's own small
+        tensors hold the same values: an in-place `p.data.copy_()` changes nothing else, so
+        they are compared against a snapshot (r x (in + out) values, one device sync each).
+        A `.data` write in place into a base weight (not a rebinding) is not seen: call
+        `clear_cache()` after one.  `.to()` drops the cache (`_moved`).
+        """
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             return self._factors()
-        key = self._version_key()
-        if self._eval_cache is None or self._eval_cache[0] != key:
-            self._eval_cache = (key, *self._factors())
-        return self._eval_cache[1], self._eval_cache[2]
+        own = list(self.parameters())
+        key = tuple(_storage_key(t) for t in [*own, *self.member_weights()])
+        cache = self._eval_cache
+        if cache is None or cache[0] != key or not _same_values(cache[1], own):
+            B, A = self._factors()
+            self._eval_cache = cache = (key, [p.detach().clone() for p in own], B, A)
+        return cache[2], cache[3]
 
-    def _version_key(self) -> tuple:
-        return tuple((id(t), t._version) for t in [*self.parameters(), *self.member_weights()])
+    def clear_cache(self) -> None:
+        """Forget the inference factors and the shared fused-group activation."""
+        self._eval_cache = None
+        self._h_cache = None
+
+    def _moved(self, fn) -> None:
+        self.clear_cache()
+        if self._merge_A is not None:  # unmerge must run on the weights' new device/dtype
+            self._merge_A = fn(self._merge_A)
 
     def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

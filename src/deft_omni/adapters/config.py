@@ -10,6 +10,9 @@ METHODS = ("deft", "para", "lora")
 DECOMPOSITIONS = ("qr", "relu", "relaxed", "relu2", "tsvd", "lrmf", "eigen", "nmf")
 # Bases peft's DeftConfig also implements (same B and right): the oracle set.
 PEFT_DECOMPOSITIONS = ("qr", "relu")
+# Bases with right = B orthonormal: B right^T projects onto span(P), so at rank = out (P full
+# rank) it is the identity and PaRa's W' = W0 - B right^T W0 is exactly 0.
+PROJECTOR_DECOMPOSITIONS = ("qr", "tsvd", "eigen")
 
 
 @dataclass

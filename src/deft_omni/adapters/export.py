@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .config import AdapterConfig
-from .io import FORMAT, FORMAT_VERSION, PREFIX, peft_config_dict, write_adapter_folder
+from .io import FORMAT, FORMAT_VERSION, PREFIX, write_adapter_folder
+from .peft_config import peft_config_dict
 from .model_ops import adapter_branches, adapter_configs, base_fingerprints
 
 

@@ -10,7 +10,7 @@ from typing import Optional, Union
 from torch import nn
 
 from .branches import make_branch
-from .config import AdapterConfig
+from .config import PROJECTOR_DECOMPOSITIONS, AdapterConfig
 from .layer import AdapterLinear
 
 # Output layers 'all-linear' leaves alone (as peft leaves the LM head): they map to the
@@ -110,6 +110,20 @@ def _wrap(model: nn.Module, name: str) -> AdapterLinear:
     return wrapper
 
 
+def _warn_erased(model: nn.Module, config: AdapterConfig, units: list[list[str]]) -> None:
+    """PaRa with a projector basis at rank = out width removes the whole weight: say so once."""
+    if config.method != "para" or config.decomposition not in PROJECTOR_DECOMPOSITIONS:
+        return
+    erased = ["+".join(names) for names in units
+              if sum(model.get_submodule(n).out_features for n in names) == config.rank]
+    if erased:
+        warnings.warn(
+            f"PaRa with the {config.decomposition!r} basis at rank {config.rank} = the output width of "
+            f"{len(erased)} module(s) {erased[:8]}{' ...' if len(erased) > 8 else ''}: B right^T is then the "
+            f"identity, W' = W0 - B right^T W0 = 0, and these layers can only output their bias. Lower "
+            f"adapter.rank below their output width, or exclude them.", UserWarning, stacklevel=3)
+
+
 def inject_adapter(model: nn.Module, config: AdapterConfig, adapter_name: str = "default") -> InjectionReport:
     """Wrap the targeted Linear layers of `model` with a new adapter named `adapter_name`.
 
@@ -126,6 +140,7 @@ def inject_adapter(model: nn.Module, config: AdapterConfig, adapter_name: str = 
         raise ValueError(f"model already has an adapter named {adapter_name!r}")
 
     units = plan_groups(select_targets(model, config), config.fused_groups)
+    _warn_erased(model, config, units)
     for p in model.parameters():
         p.requires_grad_(False)
     report = InjectionReport(adapter_name, config.method, None if config.method == "lora" else config.decomposition)
@@ -135,7 +150,11 @@ def inject_adapter(model: nn.Module, config: AdapterConfig, adapter_name: str = 
             branch = make_branch(config, [w.base_layer for w in wrappers])
         except ValueError as err:
             raise ValueError(f"{'+'.join(names)}: {err}") from None
+        # New modules start in training mode; an adapter put into an eval-mode model (generation)
+        # must not apply its dropout there.
+        branch.train(wrappers[0].base_layer.training)
         for i, w in enumerate(wrappers):
+            w.train(w.base_layer.training)
             w.add_branch(adapter_name, branch, i, owner=(i == 0))
         report.wrapped.extend(names)
         if len(names) > 1:

@@ -9,38 +9,43 @@ groups load with `peft.PeftModel.from_pretrained` on the same base):
     adapter_config.json         peft's config (only when peft can represent the adapter)
     deft_omni.json              our config, the units and the base fingerprint
 
-Adapter files are never unpickled.
+Writing: `save_adapter` publishes a folder atomically (one rename of a staged sibling);
+`extra_files` adds the caller's files to the same publish.  `stage_adapter` writes into a
+folder the caller publishes (with ``core.atomic.atomic_dir``), for folders built from several
+parts.  Adapter files are never unpickled.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
-from .config import PEFT_DECOMPOSITIONS, AdapterConfig
+from ..core.atomic import atomic_dir
+from .config import AdapterConfig
+from .errors import AdapterLoadError
 from .fingerprint import fingerprint_mismatch
 from .inject import inject_adapter
 from .model_ops import adapter_branches, adapter_configs, base_fingerprints, delete_adapter
+from .peft_config import (
+    PEFT_CONFIG_NAME,
+    check_agreement,
+    config_from_peft,
+    peft_config_dict,
+    peft_representable,
+    read_json_object,
+)
 
 WEIGHTS_NAME = "adapter_model.safetensors"
-PEFT_CONFIG_NAME = "adapter_config.json"
 CONFIG_NAME = "deft_omni.json"
 FORMAT = "deft_omni.adapter"
 FORMAT_VERSION = 1
 PREFIX = "base_model.model."
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-class AdapterLoadError(ValueError):
-    """An adapter folder that cannot be applied to this model (names the file and the fix)."""
 
 
 def unit_key(modules: list[str]) -> str:
@@ -63,51 +68,12 @@ def _branch_tensors(branch, config: AdapterConfig) -> tuple[torch.Tensor, ...]:
     return (branch.P, branch.R) if config.has_r else (branch.P,)
 
 
-# -- peft config ----------------------------------------------------------------------------
-def peft_config_dict(config: AdapterConfig, modules: list[str]) -> dict:
-    if config.method == "lora":
-        return {
-            "peft_type": "LORA", "r": config.rank, "lora_alpha": config.alpha or config.rank,
-            "lora_dropout": config.dropout, "target_modules": modules, "bias": "none",
-            "fan_in_fan_out": False, "init_lora_weights": True, "use_rslora": False, "use_dora": False,
-            "task_type": None, "base_model_name_or_path": None, "inference_mode": True,
-        }
-    alpha = config.alpha
-    if alpha is not None and float(alpha).is_integer():
-        alpha = int(alpha)
-    return {
-        "peft_type": "DEFT", "r": config.rank, "alpha": alpha, "decomposition_method": config.decomposition,
-        "para": config.method == "para", "deft_dropout": config.dropout, "target_modules": modules,
-        "init_scale": config.init_scale, "init_weights": config.init_identity, "bias": "none",
-        "fan_in_fan_out": False, "task_type": None, "base_model_name_or_path": None, "inference_mode": True,
-    }
-
-
-def peft_representable(config: AdapterConfig) -> bool:
-    if config.fused_groups:
-        return False
-    return config.method == "lora" or config.decomposition in PEFT_DECOMPOSITIONS
-
-
 # -- save -----------------------------------------------------------------------------------
-def _atomic_dir(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+ExtraFiles = Callable[[Path], None]
 
 
-def _publish(tmp: Path, path: Path) -> None:
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-        os.replace(path, old / "x")
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-
-
-def save_adapter(model: nn.Module, path: Union[str, Path], adapter_name: str = "default",
-                 extra: Optional[dict] = None) -> Path:
-    """Write adapter `adapter_name` to folder `path` (atomically: a temp folder, then rename)."""
+def _adapter_files(model: nn.Module, adapter_name: str, extra: Optional[dict]) -> tuple[dict, dict, Optional[dict]]:
+    """(tensors, deft_omni.json content, adapter_config.json content or None) of one adapter."""
     configs = adapter_configs(model)
     if adapter_name not in configs:
         raise KeyError(f"no adapter named {adapter_name!r}; the model has {sorted(configs)}")
@@ -126,45 +92,60 @@ def save_adapter(model: nn.Module, path: Union[str, Path], adapter_name: str = "
         "peft_compatible": peft_representable(config), **(extra or {}),
     }
     peft_cfg = peft_config_dict(config, modules) if peft_representable(config) else None
-    return write_adapter_folder(path, tensors, meta, peft_cfg)
+    return tensors, meta, peft_cfg
 
 
-def write_adapter_folder(path: Union[str, Path], tensors: dict, meta: dict, peft_cfg: Optional[dict]) -> Path:
-    """Write the three files into a temp folder beside `path`, then move it into place."""
-    path = Path(path)
-    tmp = _atomic_dir(path)
-    try:
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "deft_omni": FORMAT})
-        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-        if peft_cfg is not None:
-            (tmp / PEFT_CONFIG_NAME).write_text(json.dumps(peft_cfg, indent=2))
-        _publish(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+def stage_adapter(model: nn.Module, folder: Union[str, Path], adapter_name: str = "default",
+                  extra: Optional[dict] = None) -> Path:
+    """Write adapter `adapter_name`'s files into `folder` as it is, publishing nothing.
+
+    For callers that assemble one folder from several parts and publish it once: inside
+    ``deft_omni.core.atomic.atomic_dir(target)``, stage the adapter into the staging folder, an
+    EMA copy into a sub-folder (``stage_adapter(model, staging / "ema", ...)``), and any other
+    files beside them; the block's end publishes all of it with one rename.  `folder` is
+    created if missing; files of the same names in it are overwritten.  `extra` is merged
+    into deft_omni.json (e.g. ``{"training": {...}}``).
+    """
+    return write_adapter_files(folder, *_adapter_files(model, adapter_name, extra))
+
+
+def save_adapter(model: nn.Module, path: Union[str, Path], adapter_name: str = "default",
+                 extra: Optional[dict] = None, extra_files: Optional[ExtraFiles] = None) -> Path:
+    """Write adapter `adapter_name` to folder `path`, atomically; returns `path`.
+
+    The files are staged in a temporary sibling of `path` (``core.atomic.atomic_dir``: umask
+    modes, fsync, a recognisable name) that replaces `path` with one rename, so a reader sees
+    the old folder or the new one, never a mix.  ``extra_files(staging)``, when given, is
+    called with the staging folder after the adapter files are in it, to add files (or
+    sub-folders) that must appear in the same publish; if it raises, `path` is untouched.
+    """
+    tensors, meta, peft_cfg = _adapter_files(model, adapter_name, extra)
+    return write_adapter_folder(path, tensors, meta, peft_cfg, extra_files)
+
+
+def write_adapter_files(folder: Union[str, Path], tensors: dict, meta: dict, peft_cfg: Optional[dict]) -> Path:
+    """The three files of an adapter folder, written into `folder` (no publish: see stage_adapter)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # safetensors' save_file makes its file 0600 whatever the umask: write its bytes ourselves.
+    (folder / WEIGHTS_NAME).write_bytes(save(tensors, metadata={"format": "pt", "deft_omni": FORMAT}))
+    (folder / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+    if peft_cfg is not None:
+        (folder / PEFT_CONFIG_NAME).write_text(json.dumps(peft_cfg, indent=2))
+    return folder
+
+
+def write_adapter_folder(path: Union[str, Path], tensors: dict, meta: dict, peft_cfg: Optional[dict],
+                         extra_files: Optional[ExtraFiles] = None) -> Path:
+    """Stage the files (and `extra_files`) beside `path`, then publish them as `path` at once."""
+    with atomic_dir(path) as staging:
+        write_adapter_files(staging, tensors, meta, peft_cfg)
+        if extra_files is not None:
+            extra_files(staging)
+    return Path(path)
 
 
 # -- load -----------------------------------------------------------------------------------
-def _config_from_peft(data: dict, source: Path) -> AdapterConfig:
-    kind = data.get("peft_type")
-    targets = data.get("target_modules")
-    if kind == "LORA":
-        if data.get("use_rslora") or data.get("use_dora"):
-            raise AdapterLoadError(f"{source}: rsLoRA/DoRA adapters are not supported; use plain LoRA.")
-        return AdapterConfig(method="lora", rank=data["r"], alpha=data.get("lora_alpha"),
-                             dropout=data.get("lora_dropout", 0.0), target_modules=targets,
-                             exclude_modules=data.get("exclude_modules"))
-    if kind == "DEFT":
-        return AdapterConfig(method="para" if data.get("para") else "deft", rank=data["r"],
-                             alpha=data.get("alpha"), decomposition=data.get("decomposition_method", "relu"),
-                             dropout=data.get("deft_dropout", 0.0), target_modules=targets,
-                             exclude_modules=data.get("exclude_modules"), init_identity=False,
-                             init_scale=data.get("init_scale", 1.0))
-    raise AdapterLoadError(f"{source}: field 'peft_type'={kind!r} is not an adapter method deft_omni knows "
-                           f"(DEFT or LORA).")
-
-
 def read_adapter_config(path: Union[str, Path]) -> tuple[AdapterConfig, dict]:
     """(config, metadata) of an adapter folder made by deft_omni or by peft (DEFT/LoRA)."""
     path = Path(path)
@@ -172,19 +153,18 @@ def read_adapter_config(path: Union[str, Path]) -> tuple[AdapterConfig, dict]:
         raise AdapterLoadError(f"adapter folder {path} does not exist")
     ours, theirs = path / CONFIG_NAME, path / PEFT_CONFIG_NAME
     if ours.exists():
-        try:
-            meta = json.loads(ours.read_text())
-        except json.JSONDecodeError as err:
-            raise AdapterLoadError(f"{ours}: not valid JSON ({err})") from None
+        meta = read_json_object(ours)
         if meta.get("format") != FORMAT:
             raise AdapterLoadError(f"{ours}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
         try:
             config = AdapterConfig.from_dict(meta["config"], source=str(ours))
         except (KeyError, TypeError, ValueError) as err:
             raise AdapterLoadError(f"{ours}: field 'config' is invalid: {err}") from None
+        if theirs.exists():
+            check_agreement(config, meta, ours, theirs)
         return config, meta
     if theirs.exists():
-        return _config_from_peft(json.loads(theirs.read_text()), theirs), {}
+        return config_from_peft(read_json_object(theirs), theirs), {}
     raise AdapterLoadError(f"{path}: neither {CONFIG_NAME} nor {PEFT_CONFIG_NAME} found; is this an adapter folder?")
 
 

@@ -111,13 +111,39 @@ def unmerge_adapters(model: nn.Module) -> None:
             branch.unmerge()
 
 
+def _owned_branches(model: nn.Module, adapter_name: Optional[str] = None) -> Iterator[tuple[str, str, Branch]]:
+    """(module path of the branch, adapter name, branch) for every branch, each once."""
+    for layer_name, layer in adapter_layers(model):
+        for name, branch in layer.owned.items():
+            if adapter_name is None or name == adapter_name:
+                yield f"{layer_name}.owned.{name}" if layer_name else f"owned.{name}", name, branch
+
+
 def adapter_parameters(model: nn.Module, adapter_name: Optional[str] = None) -> Iterator[tuple[str, nn.Parameter]]:
+    """(name in ``model.named_parameters()``, parameter) of the adapters' own tensors.
+
+    Found through the module types (the branches the adapter layers own), so a base model
+    whose own modules happen to be named like ours is never mistaken for an adapter.
+    """
+    for path, _, branch in _owned_branches(model, adapter_name):
+        yield from branch.named_parameters(prefix=path)
+
+
+def adapter_parameter_ids(model: nn.Module) -> set[int]:
+    """``id()`` of every adapter parameter (of every adapter) in `model`."""
+    return {id(p) for m in model.modules() if isinstance(m, Branch) for p in m.parameters()}
+
+
+def base_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """(name, parameter) of the model's own weights: everything but the adapters'.
+
+    Adapter parameters are fp32 masters whatever the base dtype, so e.g. the base's dtype is
+    the dtype of the first floating parameter found here.
+    """
+    skip = adapter_parameter_ids(model)
     for name, param in model.named_parameters():
-        parts = name.split(".")
-        if "owned" in parts:
-            owner = parts[parts.index("owned") + 1]
-            if adapter_name is None or owner == adapter_name:
-                yield name, param
+        if id(param) not in skip:
+            yield name, param
 
 
 def param_groups(model: nn.Module, lr: float, adapter_name: Optional[str] = None,
@@ -129,10 +155,11 @@ def param_groups(model: nn.Module, lr: float, adapter_name: Optional[str] = None
     """
     configs = adapter_configs(model)
     main, proj = [], []
-    for name, param in adapter_parameters(model, adapter_name):
-        if not param.requires_grad:
-            continue
-        (proj if name.endswith(".P") else main).append(param)
+    for _, _, branch in _owned_branches(model, adapter_name):
+        projections = {id(branch.P)} if isinstance(branch, DeftBranch) else set()
+        for param in branch.parameters():
+            if param.requires_grad:
+                (proj if id(param) in projections else main).append(param)
     if not main and not proj:
         raise ValueError("no trainable adapter parameters: inject an adapter first")
     if p_lr_ratio is None:
@@ -151,10 +178,6 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
-
-
-def is_deft(branch: Branch) -> bool:
-    return isinstance(branch, DeftBranch)
 
 
 def delete_adapter(model: nn.Module, adapter_name: str) -> None:

@@ -7,9 +7,8 @@ never sees a half-written file and a crash never leaves a broken one in place:
 * the content goes to a temporary sibling first, is flushed and ``fsync``-ed, then renamed over
   the target (``os.replace``, atomic on one filesystem), and the parent folder is ``fsync``-ed
   so the rename itself survives a power cut;
-* temporaries are created with ``os.open(..., 0o666)`` / ``os.mkdir(..., 0o777)``, so the
-  process umask decides their modes, as for any other file (``tempfile.mkstemp``/``mkdtemp``
-  would make them 0600/0700 and a teammate could not read a shared data set);
+* files and folders get the process umask's modes, as any other file would (``tempfile``'s
+  0600/0700, or safetensors' 0600, would keep a teammate from reading a shared data set);
 * temporary names are recognisable, ``.<name>.deft-tmp-<pid>-<token>``, so that
   :func:`clean_stale` can remove those an interrupted process left behind.
 """
@@ -59,6 +58,21 @@ def fsync_dir(path: PathLike) -> None:
         os.close(fd)
 
 
+def umask() -> int:
+    """The process umask: from /proc where it can be read without changing it (another thread may
+    be creating files), else by setting it and restoring it at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -67,10 +81,17 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(root: Path) -> None:
+def _settle_tree(root: Path) -> None:
+    """fsync every file and folder of a staged tree, and give each the umask's mode: some
+    writers (safetensors' ``save_file``) chmod their file to 0600 whatever the umask."""
+    file_mode, dir_mode = 0o666 & ~umask(), 0o777 & ~umask()
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
-            _fsync_file(Path(dirpath) / name)
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                os.chmod(path, file_mode)
+                _fsync_file(path)
+        os.chmod(dirpath, dir_mode)
         fsync_dir(dirpath)
 
 
@@ -94,6 +115,7 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~umask())  # a writer may have chmod-ed it (safetensors: 0600)
         _fsync_file(tmp)
         os.replace(tmp, target)
     except BaseException:
@@ -143,7 +165,7 @@ def atomic_dir(target: PathLike, replace: bool = True) -> Iterator[Path]:
     os.mkdir(staging, 0o777)
     try:
         yield staging
-        _fsync_tree(staging)
+        _settle_tree(staging)
         publish_dir(staging, target, replace=replace)
     except BaseException:
         _remove(staging)
@@ -159,7 +181,13 @@ def publish_dir(staging: PathLike, target: PathLike, replace: bool = True) -> No
             raise FileExistsError(f"{target} exists")
         old = temp_sibling(target)
         os.replace(target, old)
-    os.replace(staging, target)
+    try:
+        os.replace(staging, target)
+    except OSError as err:
+        # Another writer published first (a non-empty folder cannot be renamed over).
+        if not replace and os.path.lexists(target):
+            raise FileExistsError(f"{target} exists") from err
+        raise
     fsync_dir(target.parent)
     if old is not None:
         _remove(old)

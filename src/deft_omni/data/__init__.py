@@ -3,6 +3,8 @@ loaders and the embedded synthetic demo set."""
 
 from .errors import MaskWarning
 from .loader import ShardSource, TrainLoader, ValLoader, build_train_loader, build_val_loader
+from .read_counts import merge_counts, reduce_counts
+from .shard_reader import ShardReadError
 from .processor import (
     CFG_INSTRUCTION,
     OmniGenTrainProcessor,
@@ -36,6 +38,7 @@ __all__ = [
     "ProcessedSample",
     "Sample",
     "SampleError",
+    "ShardReadError",
     "ShardSet",
     "ShardSetWriter",
     "ShardSource",
@@ -50,9 +53,11 @@ __all__ = [
     "image_to_tensor",
     "make_sample",
     "make_synthetic_shards",
+    "merge_counts",
     "num_image_tokens",
     "parse_sample",
     "prompt_for",
     "read_manifest",
+    "reduce_counts",
     "write_manifest",
 ]

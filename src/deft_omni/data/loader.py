@@ -1,30 +1,27 @@
 """webdataset pipelines for training and validation.
 
 Per DataLoader worker the training stream is:
-shards of each set (split by rank, then by worker, shard order shuffled) -> tar samples
--> sample shuffle buffer -> repeat -> weighted mix of the sets -> parse (schema) ->
-process (processor) -> bucket by output size -> batches.  ``wds.WebLoader(batch_size=None)``
-collects the batches and ``with_epoch`` caps each epoch at ``epoch_length_batches`` on every
-rank, so DDP ranks never wait for one another at an epoch end.
+shards of each set (shared among ranks x workers: by shard, by sample for small sets, or
+resampled; see :mod:`.sources`) -> tar samples, checked against the manifest
+(:mod:`.shard_reader`) -> sample shuffle buffer -> repeat -> weighted mix of the sets ->
+parse (schema) -> process (processor) -> bucket by output size -> batches.  One DataLoader,
+with persistent workers, serves the loader's whole life (workers start once, not per
+epoch); each epoch stops after exactly ``epoch_length_batches`` batches on every rank, so
+DDP ranks never wait for one another at an epoch end.
 
-Rank splitting uses rank/world size resolved once, in the main process (explicit
-arguments, else torch.distributed, else RANK/WORLD_SIZE): ``wds.split_by_node`` would look
-them up again inside each worker, where a spawned worker sees no process group and,
-without RANK/WORLD_SIZE in the environment, silently reads every shard on every rank.
-
-Seeds derive from (seed, epoch, resume step, rank, worker), so a fixed seed and worker
-count give a fixed stream, every epoch differs, and ranks/workers differ.  Samples the
-schema or processor rejects are skipped, counted (``loader.stats``) and logged with key
-and shard, or raised with ``strict=True``.
+Seeds derive from (seed, epoch, resume step, rank, worker) at the start of a stream, so a
+fixed seed and worker count give a fixed stream, every epoch differs, and ranks/workers
+differ.  The epoch and resume step reach the persistent workers through a small
+shared-memory tensor written before a stream starts.  Samples the schema or processor rejects are skipped, counted and
+logged with key and shard, or raised with ``strict=True``; what was read, used and skipped is
+counted by reason (:mod:`.read_counts`, ``loader.counts``).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import random
 import warnings
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,96 +32,20 @@ import webdataset as wds
 
 from ..core.seeding import derive_seed
 from .processor import OmniGenTrainProcessor, ProcessedSample
-from .schema import SampleError, ShardSet, parse_sample
+from .read_counts import ReadCounts
+from .schema import SampleError, parse_sample
+from .shard_reader import make_reader
+from .sources import ShardSource, as_sources, plan_modes, resolve_rank
 
-log = logging.getLogger(__name__)
 _STATS_KEY = "_data_stats"
 
-
-@dataclass
-class ShardSource:
-    """One shard set in the mix.  ``is_prior`` forces the DreamBooth prior flag on its samples."""
-
-    shards: ShardSet
-    weight: float = 1.0
-    is_prior: bool | None = None
-
-
-def as_sources(shard_sets: Iterable[Any]) -> list[ShardSource]:
-    """Accept ShardSource, (spec, weight), (spec, weight, is_prior) or a bare spec per entry."""
-    if isinstance(shard_sets, (str, os.PathLike, ShardSet, ShardSource)):
-        shard_sets = [shard_sets]  # One set given bare; iterating a path would yield characters.
-    out = []
-    for entry in shard_sets:
-        if isinstance(entry, ShardSource):
-            src = entry
-        elif isinstance(entry, tuple):
-            src = ShardSource(ShardSet.resolve(entry[0]), *entry[1:])
-        else:
-            src = ShardSource(ShardSet.resolve(entry))
-        src.shards = ShardSet.resolve(src.shards)
-        if not src.weight > 0:
-            raise ValueError(f"shard set weights must be > 0, got {src.weight}")
-        if not src.shards.urls:
-            raise ValueError("a shard set resolved to no shards")
-        out.append(src)
-    if not out:
-        raise ValueError("no shard sets given")
-    return out
-
-
-def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """Explicit values, else the initialised process group, else RANK/WORLD_SIZE (set by
-    torchrun and Lightning before the group exists), else a single process."""
-    if rank is None and world_size is None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-            return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        return 0, 1
-    if rank is None or world_size is None or not 0 <= rank < world_size:
-        raise ValueError(f"pass both rank and world_size with 0 <= rank < world_size "
-                         f"(got rank={rank}, world_size={world_size})")
-    return int(rank), int(world_size)
-
-
-class _RankSplitter:
-    """Like wds.split_by_node, with the rank fixed at build time (see module docstring)."""
-
-    def __init__(self, rank: int, world_size: int):
-        self.rank, self.world_size = rank, world_size
-
-    def __call__(self, src: Iterable[Any]) -> Iterator[Any]:
-        for i, item in enumerate(src):
-            if i % self.world_size == self.rank:
-                yield item
+__all__ = ["ShardSource", "TrainLoader", "ValLoader", "as_sources", "build_train_loader", "build_val_loader",
+           "resolve_rank"]
 
 
 def _worker() -> tuple[int, int]:
     info = torch.utils.data.get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
-
-
-class _Stats:
-    """Per-worker counters; a snapshot rides along with every batch to the main process."""
-
-    def __init__(self) -> None:
-        self.samples = self.skipped = self.consecutive_bad = 0
-        self.reasons: Counter[str] = Counter()
-        self.recent: deque[dict[str, Any]] = deque(maxlen=20)
-
-    def bad(self, exn: Exception, key: str | None, url: str | None) -> None:
-        self.skipped += 1
-        self.consecutive_bad += 1
-        reason = getattr(exn, "field", None) or type(exn).__name__
-        self.reasons[reason] += 1
-        self.recent.append({"key": key, "url": url, "reason": str(exn)})
-        if self.skipped <= 20 or self.skipped % 100 == 0:
-            log.warning("skipping bad sample (%d skipped so far in this worker): %s", self.skipped, exn)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"samples": self.samples, "skipped": self.skipped, "reasons": dict(self.reasons),
-                "recent": list(self.recent)}
 
 
 def _mix(streams: Sequence[Iterator[Any]], weights: Sequence[float], rng: random.Random) -> Iterator[Any]:
@@ -166,108 +87,135 @@ def _bucketize(items: Iterable[ProcessedSample], batch_size: int,
             yield collate(bucket)
 
 
+def _plan(epoch: int = 0, salt: int = 0, skip: int = 0) -> torch.Tensor:
+    return torch.tensor([epoch, salt, skip], dtype=torch.int64)
+
+
 @dataclass(eq=False)
 class _Stream(torch.utils.data.IterableDataset):
-    """The per-worker pipeline; pickled into each worker and built anew on every ``iter``."""
+    """The per-worker pipeline; built anew in each worker at the start of every epoch."""
 
     sources: list[ShardSource]
+    modes: list[str]  # per set: "shard", "sample" or "resampled" (see shard_reader)
     processor: OmniGenTrainProcessor
     batch_size: int
     rank: int
     world_size: int
     train: bool  # False: one pass, no condition dropout, partial buckets flushed at the end.
-    resampled: bool
     shardshuffle: bool
     shuffle_buffer: int
     seed: int
-    epoch: int
-    salt: int  # Mixed into every seed; the resume step when resuming with workers.
-    skip: int  # Batches to drop first (exact resume with num_workers == 0).
     strict: bool
     bucket_sizes: Sequence[tuple[int, int]] | None
     max_open_buckets: int
     max_consecutive_bad: int
+    # (epoch, salt, skip), in shared memory: the loader writes it before an epoch, persistent
+    # workers read it when they start one.  salt is mixed into every seed (the resume step
+    # when resuming with workers); skip drops batches first (exact resume, no workers).
+    plan: torch.Tensor
 
-    def _tar_handler(self, exn: Exception) -> bool:
-        if self.strict:
-            raise exn
-        log.warning("skipping unreadable shard data: %r", exn)
-        self._stats.bad(exn, None, None)
-        return True
-
-    def _raw_stream(self, index: int, src: ShardSource, base: int) -> Iterator[dict[str, Any]]:
-        urls = src.shards.urls
-        seed = derive_seed(base, "shards", index)
-        if self.resampled:
-            # WebDataset(resampled=True) seeds from time and pid; ResampledShards with a
-            # fixed seed keeps the stream reproducible.  Every rank/worker draws on its own.
-            ds = wds.DataPipeline(
-                wds.ResampledShards(urls, seed=seed, deterministic=True, worker_seed=lambda: 0),
-                wds.tarfile_to_samples(handler=self._tar_handler))
-        else:
-            ds = wds.WebDataset(
-                urls, handler=self._tar_handler, resampled=False,
-                shardshuffle=len(urls) if self.shardshuffle else False, detshuffle=True, seed=seed,
-                nodesplitter=_RankSplitter(self.rank, self.world_size),
-                workersplitter=wds.split_by_worker, empty_check=False)
-            if self.train:
-                ds = ds.repeat()  # Epochs are counted in batches (with_epoch), not shard passes.
+    def _raw_stream(self, index: int, src: ShardSource, base: int, stats: ReadCounts) -> Iterator[Any]:
+        worker, num_workers = _worker()
+        reader = make_reader(src.shards.urls, src.shards.counts, self.modes[index], rank=self.rank,
+                             world_size=self.world_size, worker=worker, num_workers=num_workers,
+                             shuffle=self.shardshuffle, seed=derive_seed(base, "shards", index), strict=self.strict,
+                             stats=stats)
+        per_pass: Callable[[Iterator[Any]], Iterator[Any]] = iter
         if self.shuffle_buffer > 1:  # Raw bytes are shuffled: cheaper than decoded images.
-            ds = ds.compose(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 64),
-                                        rng=random.Random(derive_seed(base, "samples", index))))
-        for raw in ds:
+            per_pass = wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 64),
+                                   rng=random.Random(derive_seed(base, "samples", index)))
+        for raw in reader.passes(per_pass) if self.train else per_pass(reader.one_pass()):
             yield index, raw
 
-    def _processed(self, raws: Iterator[tuple[int, dict[str, Any]]],
-                   rng: np.random.Generator) -> Iterator[ProcessedSample]:
-        stats = self._stats
+    def _processed(self, raws: Iterator[tuple[int, dict[str, Any]]], rng: np.random.Generator, epoch: int,
+                   stats: ReadCounts) -> Iterator[ProcessedSample]:
         for index, raw in raws:
             try:
                 sample = parse_sample(raw)
-                item = self.processor(sample, train=self.train, rng=rng, epoch=self.epoch,
+                item = self.processor(sample, train=self.train, rng=rng, epoch=epoch,
                                       is_prior=self.sources[index].is_prior, bucket_sizes=self.bucket_sizes)
             except SampleError as exn:
                 if self.strict:
                     raise
-                stats.bad(exn, raw.get("__key__"), raw.get("__url__"))
+                stats.bad_sample(exn, raw.get("__key__"), raw.get("__url__"))
                 if stats.consecutive_bad >= self.max_consecutive_bad:
                     raise RuntimeError(
                         f"{stats.consecutive_bad} bad samples in a row and none usable in between; "
                         f"last: {exn}. Check the shards with the converter that wrote them.") from exn
                 continue
-            stats.samples += 1
-            stats.consecutive_bad = 0
+            stats.used()
             yield item
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, _ = _worker()
-        self._stats = _Stats()
-        base = derive_seed(self.seed, "stream", self.epoch, self.salt, self.rank, worker)
-        streams = [self._raw_stream(i, src, base) for i, src in enumerate(self.sources)]
+        epoch, salt, skip = (int(v) for v in self.plan.tolist())
+        stats = ReadCounts()
+        base = derive_seed(self.seed, "stream", epoch, salt, self.rank, worker)
+        streams = [self._raw_stream(i, src, base, stats) for i, src in enumerate(self.sources)]
         raws = _mix(streams, [s.weight for s in self.sources], random.Random(derive_seed(base, "mix")))
-        items = self._processed(raws, np.random.default_rng(derive_seed(base, "cfg")))
+        items = self._processed(raws, np.random.default_rng(derive_seed(base, "cfg")), epoch, stats)
         batches = _bucketize(items, self.batch_size, self.processor.collate,
                              self.batch_size * self.max_open_buckets, flush_at_end=not self.train)
         for i, batch in enumerate(batches):
-            if i < self.skip:  # Exact fast-forward on resume (num_workers == 0 only).
+            if i < skip:  # Exact fast-forward on resume (num_workers == 0 only).
                 continue
-            batch[_STATS_KEY] = (worker, self._stats.snapshot())
+            batch[_STATS_KEY] = (worker, stats.snapshot(), stats.take_delta())
             yield batch
+        delta = stats.take_delta()  # reads counted after the last batch (the end-of-shard checks)
+        if delta:
+            yield {_STATS_KEY: (worker, stats.snapshot(), delta)}
 
 
 class _LoaderBase:
-    def __init__(self) -> None:
-        self._worker_stats: dict[int, dict[str, Any]] = {}
+    """One DataLoader for the loader's life: with workers, they persist from epoch to epoch."""
 
-    def _unwrap(self, batch: dict[str, Any]) -> dict[str, Any]:
-        worker, snap = batch.pop(_STATS_KEY)
-        self._worker_stats[worker] = snap  # Cumulative per worker: keep the latest.
-        batch["output_size"] = tuple(batch["output_size"])  # DataLoader turns tuples into lists.
-        return batch
+    def __init__(self, stream_kwargs: dict[str, Any], num_workers: int, pin_memory: bool = False,
+                 prefetch_factor: int | None = None) -> None:
+        self._kwargs, self.num_workers = stream_kwargs, num_workers
+        self._stream = _Stream(**stream_kwargs, plan=_plan().share_memory_())
+        self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
+        self._dataloader: torch.utils.data.DataLoader | None = None
+        self._worker_stats: dict[int, dict[str, Any]] = {}
+        self._counts: Counter[str] = Counter()
+
+    @property
+    def dataloader(self) -> torch.utils.data.DataLoader:
+        """The underlying DataLoader (made on first use; persistent workers when num_workers > 0)."""
+        if self._dataloader is None:
+            extra: dict[str, Any] = {}
+            if self.num_workers > 0:
+                extra["persistent_workers"] = True
+                if self.prefetch_factor is not None:
+                    extra["prefetch_factor"] = self.prefetch_factor
+            self._dataloader = torch.utils.data.DataLoader(self._stream, batch_size=None, num_workers=self.num_workers,
+                                                           pin_memory=self.pin_memory, **extra)
+        return self._dataloader
+
+    def _start(self, epoch: int, salt: int, skip: int) -> Iterator[dict[str, Any]]:
+        """A new stream: the DataLoader's iterator, its workers told the plan first."""
+        self._stream.plan.copy_(_plan(epoch, salt, skip))
+        self._worker_stats = {}
+        return iter(self.dataloader)
+
+    def _batches(self, items: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        # Never stored on self: a generator holding self would make a reference cycle, and a
+        # DataLoader iterator freed by the cycle collector can wait 5 s per worker to stop.
+        for item in items:
+            worker, snap, delta = item.pop(_STATS_KEY)
+            self._worker_stats[worker] = snap  # Cumulative per worker and epoch: keep the latest.
+            self._counts.update(delta)
+            if item:  # else the worker's last counts, carried without a batch
+                item["output_size"] = tuple(item["output_size"])  # DataLoader turns tuples into lists.
+                yield item
+
+    def close(self) -> None:
+        """Stop the workers now (call at the end of training); the loader can be iterated again."""
+        self._dataloader = None
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Samples used and skipped so far in the current pass, summed over workers."""
+        """Samples used and skipped since the current stream started, summed over workers
+        (an epoch without workers; the run, or since the resume, with them; a validation pass)."""
         reasons: Counter[str] = Counter()
         for snap in self._worker_stats.values():
             reasons.update(snap["reasons"])
@@ -276,29 +224,41 @@ class _LoaderBase:
                 "reasons": dict(reasons),
                 "recent": [r for s in self._worker_stats.values() for r in s["recent"]]}
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """What this rank's loader read, used and skipped since it was built, summed over its
+        workers, as flat ``data/...`` counters (see :mod:`.read_counts`; sum ranks with
+        :func:`.read_counts.reduce_counts`).  Counted as batches are consumed."""
+        return dict(sorted(self._counts.items()))
+
 
 class TrainLoader(_LoaderBase):
     """An endless-data loader with epochs of exactly ``epoch_length`` batches and resume.
+
+    Without workers each epoch is a stream of its own, seeded by the epoch.  With workers one
+    stream, started once, runs through all epochs (each epoch takes the next
+    ``epoch_length`` batches): workers never restart or refill their shuffle buffers at an
+    epoch end, which on small sets cost more than the training steps.
 
     ``state_dict()`` records the epoch and the batches yielded in it.  Resume via
     ``load_state_dict``: with ``num_workers == 0`` the stream of that epoch is regenerated
     and the consumed batches dropped, so the following batches equal an uninterrupted
     run's (cost: re-reading those batches).  With workers the interleaving cannot be
-    replayed cheaply, so the epoch's seeds are re-derived with the resume step as salt:
-    the rest of the epoch is a fresh shuffle of the data, never a replay of its first
-    samples, and still ends after ``epoch_length`` batches in total.  Samples are counted
-    as yielded: a trainer that prefetches ahead says what it consumed with :meth:`mark_trained`
-    (DeftOmniModule does, after every batch).
+    replayed cheaply, so a new stream starts, seeded with the resume step as salt: the rest
+    of the epoch is a fresh shuffle of the data, never a replay of its first samples, and
+    still ends after ``epoch_length`` batches in total.  Samples are counted as yielded: a
+    trainer that prefetches ahead says what it consumed with :meth:`mark_trained`
+    (DeftOmniModule does, with every batch).
     """
 
     def __init__(self, stream_kwargs: dict[str, Any], *, epoch_length: int, num_workers: int,
                  pin_memory: bool = False, prefetch_factor: int | None = None):
-        super().__init__()
-        self._kwargs, self.epoch_length = stream_kwargs, int(epoch_length)
-        self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
+        super().__init__(stream_kwargs, num_workers, pin_memory, prefetch_factor)
+        self.epoch_length = int(epoch_length)
         self.epoch, self.batches_in_epoch = 0, 0
         self._started, self._resume = False, False
         self._trained: int | None = None
+        self._continuing: Iterator[dict[str, Any]] | None = None
 
     def __len__(self) -> int:
         return self.epoch_length
@@ -319,21 +279,27 @@ class TrainLoader(_LoaderBase):
             self.batches_in_epoch = 0
         self._started = True
         start = self.batches_in_epoch
-        exact = self.num_workers == 0
-        stream = _Stream(**self._kwargs, epoch=self.epoch, salt=0 if exact else start,
-                         skip=start if exact else 0)
-        extra = {} if self.num_workers == 0 or self.prefetch_factor is None else \
-            {"prefetch_factor": self.prefetch_factor}
-        loader = wds.WebLoader(stream, batch_size=None, num_workers=self.num_workers,
-                               pin_memory=self.pin_memory, **extra).with_epoch(self.epoch_length - start)
-        self._worker_stats = {}
-        for batch in loader:
-            self.batches_in_epoch += 1
-            yield self._unwrap(batch)
+        if start < self.epoch_length:
+            for batch in self._epoch_source(start):
+                self.batches_in_epoch += 1
+                yield batch
+                if self.batches_in_epoch >= self.epoch_length:
+                    break
         if self.batches_in_epoch < self.epoch_length:
             raise RuntimeError(f"the data stream ended after {self.batches_in_epoch} of "
                                f"{self.epoch_length} batches in epoch {self.epoch}: no usable samples "
                                f"left (stats: {self.stats}); check the shards and loader.stats")
+
+    def _epoch_source(self, start: int) -> Iterator[dict[str, Any]]:
+        if self.num_workers == 0:  # a fresh stream per epoch: exact resume by fast-forward
+            return self._batches(self._start(self.epoch, 0, start))
+        if self._continuing is None:  # one stream for this and every following epoch
+            self._continuing = self._start(self.epoch, start, 0)
+        return self._batches(self._continuing)
+
+    def close(self) -> None:
+        self._continuing = None
+        super().close()
 
     def state_dict(self) -> dict[str, Any]:
         state = {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
@@ -358,40 +324,20 @@ class TrainLoader(_LoaderBase):
                           stacklevel=2)
         self.epoch, self.batches_in_epoch = int(state["epoch"]), int(state["batches_in_epoch"])
         self._resume, self._trained = True, None
+        self._continuing = None
 
 
 class ValLoader(_LoaderBase):
     """One deterministic pass, no shuffling, no condition dropout, last batches kept."""
 
-    def __init__(self, stream_kwargs: dict[str, Any], num_workers: int):
-        super().__init__()
-        self._kwargs, self.num_workers = stream_kwargs, num_workers
-
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        stream = _Stream(**self._kwargs, epoch=0, salt=0, skip=0)
-        self._worker_stats = {}
-        for batch in wds.WebLoader(stream, batch_size=None, num_workers=self.num_workers):
-            yield self._unwrap(batch)
-
-
-def _warn_starved(sources: list[ShardSource], rank: int, world_size: int, num_workers: int) -> None:
-    readers = world_size * max(1, num_workers)
-    for i, src in enumerate(sources):
-        if len(src.shards.urls) < readers:
-            warnings.warn(
-                f"shard set {i} has {len(src.shards.urls)} shard(s) for {world_size} rank(s) x "
-                f"{max(1, num_workers)} worker(s): some readers get no shard and sit idle or starve. "
-                "Write more, smaller shards (lower the converter's maxcount), use fewer workers, "
-                "or pass resampled=True.", stacklevel=3)
-    if all(len(src.shards.urls[rank::world_size]) == 0 for src in sources):
-        raise ValueError(f"rank {rank} of {world_size} receives no shard from any set: it could never "
-                         "yield a batch. Use resampled=True or write at least world_size shards.")
+        yield from self._batches(self._start(0, 0, 0))
 
 
 def build_train_loader(shard_sets: Iterable[Any], processor: OmniGenTrainProcessor, batch_size: int,
                        num_workers: int = 0, epoch_length_batches: int | None = None, *,
-                       resampled: bool = False, shardshuffle: bool = True, shuffle_buffer: int = 256,
-                       seed: int = 0, strict: bool = False,
+                       resampled: bool = False, split: str = "auto", shardshuffle: bool = True,
+                       shuffle_buffer: int = 256, seed: int = 0, strict: bool = False,
                        bucket_sizes: Sequence[tuple[int, int]] | None = None,
                        rank: int | None = None, world_size: int | None = None,
                        max_open_buckets: int = 8, max_consecutive_bad: int = 1000,
@@ -401,23 +347,27 @@ def build_train_loader(shard_sets: Iterable[Any], processor: OmniGenTrainProcess
     ``shard_sets``: entries accepted by :func:`as_sources` (a directory with a manifest, a
     brace pattern, a url list or a ShardSet, with an optional sampling weight).
     ``epoch_length_batches`` defaults to the manifests' total samples over
-    ``batch_size * world_size``.  ``bucket_sizes`` overrides the processor's.
+    ``batch_size * world_size``.  ``bucket_sizes`` overrides the processor's.  ``split``
+    ("auto", "shard", "sample") says how a set is shared among ranks x workers when not
+    ``resampled`` (:func:`.sources.plan_modes`): "auto" splits small sets by sample, so any
+    set works on any number of ranks and workers.  ``strict``: a bad sample, an unreadable or
+    truncated shard, or one that yields fewer samples than its manifest lists is an error.
     """
     sources = as_sources(shard_sets)
     rank, world_size = resolve_rank(rank, world_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not resampled:
-        _warn_starved(sources, rank, world_size, num_workers)
+    modes = plan_modes(sources, rank=rank, world_size=world_size, num_workers=num_workers, resampled=resampled,
+                       split=split)
     if epoch_length_batches is None:
         totals = [src.shards.total for src in sources]
         if any(t is None for t in totals):
             raise ValueError("epoch_length_batches is required when a shard set has no manifest counts")
         epoch_length_batches = max(1, sum(totals) // (batch_size * world_size))  # type: ignore[arg-type]
-    kwargs = dict(sources=sources, processor=processor, batch_size=batch_size, rank=rank,
-                  world_size=world_size, train=True, resampled=resampled, shardshuffle=shardshuffle,
-                  shuffle_buffer=shuffle_buffer, seed=seed, strict=strict, bucket_sizes=bucket_sizes,
-                  max_open_buckets=max_open_buckets, max_consecutive_bad=max_consecutive_bad)
+    kwargs = dict(sources=sources, modes=modes, processor=processor, batch_size=batch_size, rank=rank,
+                  world_size=world_size, train=True, shardshuffle=shardshuffle, shuffle_buffer=shuffle_buffer,
+                  seed=seed, strict=strict, bucket_sizes=bucket_sizes, max_open_buckets=max_open_buckets,
+                  max_consecutive_bad=max_consecutive_bad)
     return TrainLoader(kwargs, epoch_length=epoch_length_batches, num_workers=num_workers,
                        pin_memory=pin_memory, prefetch_factor=prefetch_factor)
 
@@ -427,11 +377,12 @@ def build_val_loader(shard_set: Any, processor: OmniGenTrainProcessor, batch_siz
                      world_size: int | None = None, strict: bool = False,
                      bucket_sizes: Sequence[tuple[int, int]] | None = None) -> ValLoader:
     """One pass over a held-out set in file order.  By default every rank reads all of it
-    (identical metrics on every rank); ``split_by_rank=True`` gives each rank its shards."""
+    (identical metrics on every rank); ``split_by_rank=True`` gives each rank its share."""
     sources = as_sources([shard_set])
     rank, world_size = resolve_rank(rank, world_size) if split_by_rank else (0, 1)
-    kwargs = dict(sources=sources, processor=processor, batch_size=batch_size, rank=rank,
-                  world_size=world_size, train=False, resampled=False, shardshuffle=False,
-                  shuffle_buffer=0, seed=0, strict=strict, bucket_sizes=bucket_sizes,
-                  max_open_buckets=8, max_consecutive_bad=10**9)
+    modes = plan_modes(sources, rank=rank, world_size=world_size, num_workers=num_workers, resampled=False,
+                       split="auto")
+    kwargs = dict(sources=sources, modes=modes, processor=processor, batch_size=batch_size, rank=rank,
+                  world_size=world_size, train=False, shardshuffle=False, shuffle_buffer=0, seed=0,
+                  strict=strict, bucket_sizes=bucket_sizes, max_open_buckets=8, max_consecutive_bad=10**9)
     return ValLoader(kwargs, num_workers)

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..adapters import adapter_parameters
+from ..adapters.model_ops import base_parameters
 
 LATENT_MODES = ("sample", "mean")
 
@@ -103,15 +103,10 @@ def base_dtype(model: nn.Module) -> torch.dtype:
 
     Adapter parameters are fp32 masters whatever the base dtype, so "the first parameter" could
     be one of them; the adapter library says which parameters are adapters'."""
-    adapters = {id(p) for _, p in adapter_parameters(model)}
-    fallback = None
-    for param in model.parameters():
-        if not param.is_floating_point():
-            continue
-        if id(param) not in adapters:
+    for _, param in base_parameters(model):
+        if param.is_floating_point():
             return param.dtype
-        fallback = fallback or param.dtype
-    return fallback or torch.float32
+    return torch.float32
 
 
 def omnigen_condition(batch: Mapping[str, Any], input_latents: Sequence[torch.Tensor]) -> dict[str, Any]:

@@ -249,6 +249,14 @@ class DeftOmniModule(PersistenceMixin, pl.LightningModule):
                            "perf/step_s": dt, "perf/peak_mem_gb": peak_memory_gb(self.device)},
                           on_step=True, on_epoch=False, batch_size=1)
 
+    def on_train_epoch_end(self) -> None:
+        # Skips by reason, truncated shards, samples read: in metrics.csv, summed over every rank.
+        from .run_end import data_counts
+
+        counts = data_counts(self.trainer)
+        if counts:
+            self.log_dict({k: float(v) for k, v in counts.items()}, rank_zero_only=True, batch_size=1)
+
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss, per_t = self.validation_loss(batch)
         bsz, _ = self.backbone.batch_size_and_tokens(batch)

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ..core.atomic import clean_stale, write_json
+from ..data.read_counts import reduce_counts
 
 
 class OptionalWork:
@@ -33,12 +34,21 @@ class OptionalWork:
             return None
 
 
+def data_counts(trainer: pl.Trainer) -> Optional[dict[str, float]]:
+    """What the training loader read, used and skipped (by reason), summed over workers and ranks;
+    None for a loader that does not count.  A collective: call it on every rank."""
+    loader = trainer.train_dataloader
+    if not hasattr(loader, "counts"):
+        return None
+    return reduce_counts(loader.counts)
+
+
 class RunOutputs(Callback):
     """At the end of training: the resume checkpoint's final save, then ``summary.json``; at start
     and end: stale temporaries of earlier or interrupted runs removed from ``out_dir``."""
 
     def __init__(self, out_dir: Union[str, Path],
-                 summary: Optional[Callable[[pl.Trainer, Any, float], dict]] = None) -> None:
+                 summary: Optional[Callable[..., dict]] = None) -> None:
         super().__init__()
         self.out_dir = Path(out_dir)
         self.summary = summary
@@ -53,8 +63,11 @@ class RunOutputs(Callback):
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint):
                 cb.on_train_end(trainer, pl_module)  # saves last.ckpt now; its own call later is a no-op
+        counts = data_counts(trainer)  # a collective: every rank is here
+        pl_module.data_counts = counts
         if self.summary is not None and trainer.is_global_zero:
-            write_json(self.out_dir / "summary.json", self.summary(trainer, pl_module, time.time() - self.started))
+            write_json(self.out_dir / "summary.json",
+                       self.summary(trainer, pl_module, time.time() - self.started, counts))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:

@@ -13,7 +13,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..adapters import AdapterConfig, adapter_parameters, inject_adapter, param_groups, save_adapter
+from ..adapters import AdapterConfig, adapter_parameters, inject_adapter, param_groups
+from ..adapters.io import stage_adapter
 from ..core.seeding import derive_seed
 
 FULL = "full"
@@ -45,7 +46,7 @@ class AdapterTarget:
         return int(self.report.trainable_params), int(self.report.total_params)
 
     def stage(self, denoiser: nn.Module, folder: Path, extra: Optional[dict] = None) -> None:
-        save_adapter(denoiser, folder, self.name, extra=extra)
+        stage_adapter(denoiser, folder, self.name, extra=extra)
 
     def config_dict(self) -> dict[str, Any]:
         return self.cfg.to_dict()

@@ -25,6 +25,7 @@ from .conftest import TwoLayer, dense_deft, ref_basis
 pytest.importorskip("torchao")
 from deft_omni.model.quantize import quantize_linears  # noqa: E402  (needs torchao to be useful)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 TARGETS = ["to_q", "to_k", "to_v", "o"]
 GROUP = [["to_q", "to_k", "to_v"]]
 
@@ -73,8 +74,9 @@ def test_identity_at_init_with_respect_to_the_quantised_base(decomposition, dtyp
         torch.testing.assert_close(model(x), quantised(x), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("method,decomposition", [("deft", "qr"), ("deft", "relu"), ("para", "qr"), ("lora", "qr")])
-@pytest.mark.parametrize("tokens", [2, 40])  # activation and factored associations
+# 2 tokens: DEFT's activation association; 40: the factored one (see AdapterLinear).
+@pytest.mark.parametrize("method,decomposition,tokens", [("deft", "qr", 2), ("deft", "qr", 40), ("deft", "relu", 2),
+                                                         ("para", "qr", 40), ("lora", "qr", 40)])
 def test_live_equals_the_dequantised_twin(method, decomposition, tokens, gen):
     """Outputs and every gradient equal the same adapter on a plain base holding the dequantised W0."""
     quantised, twin, _ = _bases(gen, bias=True)
@@ -134,7 +136,7 @@ def test_merging_into_a_quantised_base_is_refused(gen):
     torch.testing.assert_close(model(x), live, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("decomposition", ["qr", "nmf"])
+@pytest.mark.parametrize("decomposition", ["qr", "relu"])
 def test_export_lora_is_exact_on_the_quantised_base(decomposition, gen, tmp_path):
     quantised, _, _ = _bases(gen)
     fresh = copy.deepcopy(quantised)
@@ -178,7 +180,7 @@ def test_fingerprint_survives_int8_at_full_width():
     """3072-wide heavy-tailed rows: int8 moves row sums by more than RTOL, yet it is the same base."""
     student_t = torch.distributions.StudentT(3.0)
     torch.manual_seed(0)
-    for _ in range(6):
+    for _ in range(3):
         weight = student_t.sample((256, 3072)) * 0.02
         model = nn.Sequential(nn.Linear(3072, 256, bias=False))
         with torch.no_grad():

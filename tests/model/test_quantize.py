@@ -22,6 +22,7 @@ from deft_omni.model.quantize import (
 from deft_omni.training.settings import ModelConfig
 
 pytest.importorskip("torchao")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _meta_full_size():

@@ -88,3 +88,17 @@ def test_grids_show_the_runs_own_data_unless_prompts_are_given(shard_set):
     given = _compose(["data=shards", f"data.train={shard_set['train']}",
                       "callbacks.sample_prompts=[{instruction: my prompt, height: 32, width: 32}]"])
     assert [p["instruction"] for p in sample_prompts(given)] == ["my prompt"]
+
+
+def test_quantised_base_settings(monkeypatch):
+    import importlib.util
+
+    with pytest.raises(ConfigError, match=r"model: .*model.quantize='int4'"):
+        check_config(_compose(["model.quantize=int4"]))
+    with pytest.raises(ConfigError, match="adapter.method=full trains every base weight: set model.quantize=none"):
+        check_config(_compose(["model.quantize=int8", "adapter.method=full"]))
+    check_config(_compose(["model.quantize=int8"]))  # an adapter on a quantised base: fine
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else find_spec(name, *a))
+    with pytest.raises(ConfigError, match=r"needs torchao.*pip install 'deft_omni\[quant\]'"):
+        check_config(_compose(["model.quantize=int8"]))

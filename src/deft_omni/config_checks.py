@@ -14,6 +14,7 @@ from .adapters import AdapterConfig, inject_adapter
 from .backbones import NamedModelError, is_named_model, max_image_side, meta_denoiser
 from .data.errors import ManifestError
 from .data.schema import read_manifest
+from .model.quantize import check_mode, missing_extra
 from .training.settings import EMAConfig, LossConfig, ModelConfig, OptimConfig, coerce, plain
 
 DEFAULT_MAX_SIDE = 1024  # what a null image side means, capped to the model
@@ -71,6 +72,13 @@ def _check_model(cfg: DictConfig) -> None:
     if not is_named_model(path, family) and not Path(path).exists():
         raise ConfigError(f"model.path={path!r} does not exist; point it at a local model folder (OmniGen: "
                           f"hub Shitao/OmniGen-v1-diffusers or Shitao/OmniGen-v1), or a named model: tiny, world")
+    quantize = check_mode(cfg.model.get("quantize"))
+    if quantize != "none" and plain(cfg.adapter).get("method") == "full":
+        raise ConfigError(f"model.quantize={quantize} stores the frozen base quantised, but adapter.method=full trains "
+                          f"every base weight: set model.quantize=none, or train an adapter")
+    problem = missing_extra(quantize)
+    if problem:
+        raise ConfigError(problem)
 
 
 def train_entries(value: Any) -> list[dict]:

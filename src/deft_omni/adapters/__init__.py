@@ -3,7 +3,7 @@
 from .bases import compute_basis, fix_signs
 from .branches import Branch, DeftBranch, LoraBranch
 from .config import DECOMPOSITIONS, METHODS, AdapterConfig
-from .errors import AdapterLoadError
+from .errors import AdapterLoadError, QuantizedMergeError
 from .export import export_lora
 from .inject import InjectionReport, inject_adapter, select_targets
 from .io import load_adapter, read_adapter_config, save_adapter, stage_adapter
@@ -30,6 +30,6 @@ __all__ = [
     "adapter_branches", "adapter_configs", "adapter_layers", "adapter_parameters", "count_parameters",
     "adapter_parameter_ids", "base_parameters",
     "merge_adapters", "unmerge_adapters", "param_groups", "set_active_adapters", "set_adapter_scale",
-    "AdapterLoadError", "load_adapter", "read_adapter_config", "save_adapter", "stage_adapter",
+    "AdapterLoadError", "QuantizedMergeError", "load_adapter", "read_adapter_config", "save_adapter", "stage_adapter",
     "delete_adapter", "export_lora",
 ]

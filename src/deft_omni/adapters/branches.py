@@ -22,6 +22,8 @@ from torch import nn
 
 from .bases import compute_basis
 from .config import AdapterConfig
+from .dense import inner_tensors, is_quantized
+from .errors import QuantizedMergeError
 from .functional import removal_factor
 
 
@@ -48,7 +50,10 @@ def _storage_key(t: torch.Tensor) -> tuple:
 
     `.data = other` and `vector_to_parameters` rebind the storage (data_ptr) but keep the
     version; `.to()` changes dtype or device; in-place ops under no_grad bump the version.
+    A quantised weight is identified by the tensors that hold its integers and scales.
     """
+    if is_quantized(t):
+        return tuple(_storage_key(part) for part in inner_tensors(t))
     return (t.data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device, t._version)
 
 
@@ -165,6 +170,7 @@ class Branch(_Fp32Master):
         """
         if self.merged_scale is not None:
             raise RuntimeError("adapter branch is already merged; unmerge first")
+        self.refuse_quantized_merge()
         B, A = self._factors() if factors is None else factors
         self._apply_delta(B, A, scale)
         self._merge_A, self.merged_scale = A.detach(), float(scale)
@@ -176,6 +182,23 @@ class Branch(_Fp32Master):
         B, _ = self._basis_only()
         self._apply_delta(B, self._merge_A, -self.merged_scale)
         self._merge_A, self.merged_scale = None, None
+
+    def refuse_quantized_merge(self, modules: Optional[list[str]] = None) -> None:
+        """Raise `QuantizedMergeError` when a member's base weight is stored quantised.
+
+        Merging would mean requantising W0 + dW: a new rounding of up to half a quantisation
+        step per entry, so the merged model would differ from the live one and unmerge could not
+        give W0 back.
+        """
+        if not any(is_quantized(W) for W in self.member_weights()):
+            return
+        where = f"module(s) {modules}" if modules else "this adapter's base layers"
+        raise QuantizedMergeError(
+            f"cannot merge into {where}: the base weights are stored quantised (model.quantize=int8). "
+            f"Merging would requantise W0 + dW, which changes it by up to half a quantisation step per "
+            f"entry, so merged outputs would differ from live ones and unmerge could not restore W0. "
+            f"Keep the adapter live on the quantised base, or load the base unquantised "
+            f"(model.quantize=none) to merge; export_lora works on either.")
 
     def _apply_delta(self, B: torch.Tensor, A: torch.Tensor, scale: float) -> None:
         for i, W in enumerate(self.member_weights()):

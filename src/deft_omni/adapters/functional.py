@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from .dense import dense_rows, is_quantized
+
 _CHUNK_ROWS = 2048
 
 
@@ -24,23 +26,24 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
 def right_t_weight(right: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """right^T @ W in the precision of `right` (fp32 or fp64), W upcast a row block at a time.
 
-    A half-precision W is never copied whole to fp32: blocks of rows keep the transient small.
+    A half-precision or quantised W is never copied whole to fp32: blocks of rows keep the
+    transient small.  A quantised W is read as its dequantised values.
     """
-    if W.dtype == right.dtype:
+    if W.dtype == right.dtype and not is_quantized(W):
         return right.transpose(0, 1) @ W
     out = torch.zeros(right.shape[1], W.shape[1], dtype=right.dtype, device=right.device)
     for i in range(0, W.shape[0], _CHUNK_ROWS):
-        out.addmm_(right[i:i + _CHUNK_ROWS].transpose(0, 1), W[i:i + _CHUNK_ROWS].to(right.dtype))
+        out.addmm_(right[i:i + _CHUNK_ROWS].transpose(0, 1), dense_rows(W, i, i + _CHUNK_ROWS, right.dtype))
     return out
 
 
 def weight_times(W: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """W @ v (W: out x in, v: in x r) in v's precision, W upcast a row block at a time."""
-    if W.dtype == v.dtype:
+    if W.dtype == v.dtype and not is_quantized(W):
         return W @ v
     out = torch.empty(W.shape[0], v.shape[1], dtype=v.dtype, device=v.device)
     for i in range(0, W.shape[0], _CHUNK_ROWS):
-        torch.mm(W[i:i + _CHUNK_ROWS].to(v.dtype), v, out=out[i:i + _CHUNK_ROWS])
+        torch.mm(dense_rows(W, i, i + _CHUNK_ROWS, v.dtype), v, out=out[i:i + _CHUNK_ROWS])
     return out
 
 

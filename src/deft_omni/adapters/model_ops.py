@@ -83,17 +83,17 @@ def merge_adapters(model: nn.Module, adapter_names: Optional[Iterable[str]] = No
 
     Every factor is computed from the unmerged weights before any weight changes, so merging
     several adapters equals their live weighted sum.  Unmerge restores W0 from the cached
-    r x in factors.
+    r x in factors.  A quantised base is refused (`QuantizedMergeError`) before anything changes.
     """
     scales = _active_scales(model)
     names = list(scales) if adapter_names is None else list(adapter_names)
     _require(model, names)
-    todo = [
-        (branch, scales.get(a, 1.0))
-        for a in names
-        for _, branch in adapter_branches(model, a)
-        if branch.merged_scale is None
-    ]
+    todo = []
+    for a in names:
+        for modules, branch in adapter_branches(model, a):
+            if branch.merged_scale is None:
+                branch.refuse_quantized_merge(modules)
+                todo.append((branch, scales.get(a, 1.0)))
     for _, layer in adapter_layers(model):
         if not any(b.merged_scale is not None for b, _ in layer.branch_refs.values()):
             layer.base_fingerprint = weight_fingerprint(layer.base_layer.weight)

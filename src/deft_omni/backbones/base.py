@@ -41,8 +41,9 @@ class Backbone(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def load(cls, path: str, *, torch_dtype: torch.dtype, gradient_checkpointing: bool = False,
-             cache_latents: bool = False) -> "Backbone":
-        """Load from a resolved local folder; nothing is downloaded."""
+             cache_latents: bool = False, quantize: str = "none") -> "Backbone":
+        """Load from a resolved local folder; nothing is downloaded.  ``quantize``: the frozen
+        base's weight storage (``model.quantize``; see :mod:`deft_omni.model.quantize`)."""
 
     @classmethod
     @abc.abstractmethod

@@ -68,8 +68,12 @@ class OmniGenBackbone(Backbone):
 
     @classmethod
     def load(cls, path: str, *, torch_dtype: torch.dtype, gradient_checkpointing: bool = False,
-             cache_latents: bool = False) -> "OmniGenBackbone":
+             cache_latents: bool = False, quantize: str = "none") -> "OmniGenBackbone":
+        from ..model.quantize import quantize_linears
+
         backbone = cls(load_omnigen(path, torch_dtype=torch_dtype), cache_latents=cache_latents)
+        # On the loading device (CPU), before any adapter reads W0; the VAE is not touched.
+        quantize_linears(backbone.denoiser, quantize)
         if gradient_checkpointing:
             backbone.denoiser.enable_gradient_checkpointing()
         return backbone

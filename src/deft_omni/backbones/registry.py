@@ -10,6 +10,7 @@ from typing import Optional, Union
 import torch
 
 from ..core.dtypes import resolve_dtype
+from ..model.quantize import check_mode
 from .base import Backbone
 
 _FAMILIES: dict[str, type[Backbone]] = {}
@@ -62,10 +63,10 @@ def resolve_model(value: Optional[str], family: Optional[str] = None) -> tuple[t
 
 def load_backbone(path: Optional[str] = None, family: Optional[str] = None,
                   torch_dtype: Union[str, torch.dtype] = "float32", gradient_checkpointing: bool = False,
-                  cache_latents: bool = False) -> Backbone:
+                  cache_latents: bool = False, quantize: Optional[str] = None) -> Backbone:
     cls, folder = resolve_model(path, family)
-    return cls.load(str(folder), torch_dtype=resolve_dtype(torch_dtype),
-                    gradient_checkpointing=gradient_checkpointing, cache_latents=cache_latents)
+    return cls.load(str(folder), torch_dtype=resolve_dtype(torch_dtype), gradient_checkpointing=gradient_checkpointing,
+                    cache_latents=cache_latents, quantize=check_mode(quantize))
 
 
 def meta_denoiser(path: Optional[str] = None, family: Optional[str] = None):

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..adapters import adapter_branches
 from ..adapters.branches import Branch
+from ..adapters.dense import dense
 from ..adapters.io import unit_key
 from .subspace import SubspaceConfig, UnitStats, unit_stats
 
@@ -30,13 +31,11 @@ def split_layer(unit: str) -> tuple[Optional[int], str]:
 
 
 def joint_weight(branch: Branch, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """W0 of the unit (members stacked along the output), in `dtype`."""
+    """W0 of the unit (members stacked along the output), in `dtype` (a quantised W0: dequantised)."""
     if branch.merged_scale is not None:
         raise RuntimeError("the adapter is merged into the base weights; unmerge it before inspecting")
-    weights = [w.detach() for w in branch.member_weights()]
-    if len(weights) == 1:
-        return weights[0].to(dtype)
-    return torch.cat([w.to(dtype) for w in weights], dim=0)
+    weights = [dense(w.detach(), dtype) for w in branch.member_weights()]
+    return weights[0] if len(weights) == 1 else torch.cat(weights, dim=0)
 
 
 def iter_units(model: nn.Module, adapter_name: str) -> Iterator[tuple[str, list[str], Branch]]:

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from ..backbones.objective import LossConfig
 from ..core.dtypes import dtype_name
+from ..model.quantize import check_mode
 
 
 @dataclass
@@ -27,6 +28,10 @@ class ModelConfig:
         "help": "The trained network's dtype: fp32/float32, bf16/bfloat16, fp16/float16. The VAE stays fp32."})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "Recompute activations in the backward pass: far less memory, ~30% more time."})
+    quantize: str = field(default="none", metadata={
+        "help": "Storage of the frozen base's Linear weights: 'none', or 'int8' (weight-only, per output row, "
+                "through torchao: pip install 'deft_omni[quant]'); halves their memory against bf16. "
+                "See docs/low_memory.md."})
     adapter_name: str = field(default="default", metadata={"help": "Name of the trained adapter in the model."})
     init_seed: int = field(default=0, metadata={
         "help": "Seeds the adapter's random init (DEFT's P, LoRA's A) and extension modules; the caller's "
@@ -34,6 +39,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         self.torch_dtype = dtype_name(self.torch_dtype)
+        self.quantize = check_mode(self.quantize)
 
 
 @dataclass

@@ -59,8 +59,6 @@ def test_a_training_run_on_the_quantised_base(tiny_model_dir, shards, tmp_path):
                            for n, q in weights.items())
 
 
-@pytest.mark.xfail(strict=True, reason="training/module.py does not pass model.quantize to load_backbone yet: "
-                                       "load_backbone(..., quantize=self.model_cfg.quantize)")
 def test_model_quantize_reaches_the_loader(tiny_model_dir):
     module = DeftOmniModule(model={"path": str(tiny_model_dir), "quantize": "int8"},
                             adapter=adapter_cfg(), verbose=False)

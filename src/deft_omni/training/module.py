@@ -59,7 +59,8 @@ class DeftOmniModule(PersistenceMixin, pl.LightningModule):
         self.target = make_target(adapter, self.model_cfg.adapter_name, self.model_cfg.init_seed)
         if backbone is None:
             backbone = load_backbone(self.model_cfg.path, self.model_cfg.family, self.model_cfg.torch_dtype,
-                                     self.model_cfg.gradient_checkpointing, cache_latents=cache_latents)
+                                     self.model_cfg.gradient_checkpointing, cache_latents=cache_latents,
+                                     quantize=self.model_cfg.quantize)
         self.backbone = backbone
         self.denoiser = backbone.denoiser
         report = self.target.attach(self.denoiser)

@@ -28,14 +28,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
-from ..core.atomic import write_json
 from .errors import ManifestError, SampleError
+# The manifest's names and functions: importers of schema find them here too.
+from .manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, read_manifest, write_manifest  # noqa: F401
 # to_rgb: the processor and the converters import it from here.
 from .images import (  # noqa: F401 - to_rgb
     LFS_FIX,
@@ -57,9 +58,6 @@ OUTPUT_MASK_MEMBER = f"{OUTPUT_MASK_FIELD}.png"
 INPUT_FIELD_RE = re.compile(r"^input_(\d+)\.([a-z0-9]+)$")
 IMAGE_TAG_RE = re.compile(r"<\|image_(\d+)\|>")
 KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+(?:/[A-Za-z0-9_\-]+)*$")
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "deft_omni.shards"
-MANIFEST_VERSION = 1
 
 
 # --------------------------------------------------------------------------- tags
@@ -218,73 +216,6 @@ def parse_sample(raw: Mapping[str, Any]) -> Sample:
         inputs=[decode_image(raw[inputs[k]], key, url, inputs[k]) for k in sorted(inputs)],
         meta=dict(meta), camera=camera, is_prior=bool(meta_raw.get("prior", False)), url=url,
         output_mask=mask)
-
-
-# ----------------------------------------------------------------------- manifest
-
-
-def write_manifest(directory: str, shards: Iterable[tuple[str, int]] | Iterable[Mapping[str, Any]],
-                   *, source: str, options: Mapping[str, Any] | None = None,
-                   skipped: Iterable[Mapping[str, Any]] = (), output_masks: int = 0) -> str:
-    """Write ``<directory>/manifest.json`` atomically (deft_omni.core.atomic: fsync, umask modes).
-
-    ``shards``: (file name relative to the directory, sample count) pairs or
-    ``{"file", "samples"}`` dicts; ``skipped``: ``{"key" or "file", "reason"}`` records of
-    what the converter dropped; ``output_masks``: how many samples carry an
-    ``output_mask.png`` (0: none; manifests written before masks existed lack the field).
-    Returns the manifest path.
-    """
-    entries = []
-    for item in shards:
-        name, count = (item["file"], item["samples"]) if isinstance(item, Mapping) else item
-        if os.path.isabs(name) or os.sep in os.path.normpath(name):
-            raise ManifestError(f"shard names must be file names relative to {directory}: {name!r}")
-        entries.append({"file": str(name), "samples": int(count)})
-    skipped_list = [dict(s) for s in skipped]
-    for rec in skipped_list:
-        if "reason" not in rec or not ({"key", "file"} & rec.keys()):
-            raise ManifestError(f"skipped records need 'key' or 'file' and 'reason': {rec}")
-    manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "shards": entries,
-                "total": sum(e["samples"] for e in entries), "source": str(source),
-                "options": dict(options or {}), "skipped": skipped_list, "output_masks": int(output_masks)}
-    if not 0 <= manifest["output_masks"] <= manifest["total"]:
-        raise ManifestError(f"output_masks {output_masks} is not between 0 and the total {manifest['total']}")
-    path = os.path.join(directory, MANIFEST_NAME)
-    write_json(path, manifest, indent=1, sort_keys=True)
-    return path
-
-
-def read_manifest(directory: str) -> dict[str, Any]:
-    """Read and check ``<directory>/manifest.json``; raises ManifestError / FileNotFoundError."""
-    path = os.path.join(directory, MANIFEST_NAME)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"no {MANIFEST_NAME} in {directory!r}: shard directories are written by the converters "
-            "(data_prep) or deft_omni.data.ShardSetWriter, which put the manifest beside the shards")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            manifest = json.load(fh)
-    except ValueError as exn:
-        raise ManifestError(f"{path} is not valid JSON ({exn}); re-run the converter") from exn
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ManifestError(f"{path} is not a deft_omni shard manifest (format != {MANIFEST_FORMAT!r})")
-    if manifest.get("version") != MANIFEST_VERSION:
-        raise ManifestError(f"{path} has version {manifest.get('version')!r}; this code reads "
-                            f"version {MANIFEST_VERSION}: re-run the converter")
-    for name in ("shards", "total", "source", "options", "skipped"):
-        if name not in manifest:
-            raise ManifestError(f"{path} lacks the field {name!r}; re-run the converter")
-    shards = manifest["shards"]
-    if not all(isinstance(s, dict) and isinstance(s.get("file"), str)
-               and isinstance(s.get("samples"), int) for s in shards):
-        raise ManifestError(f"{path}: every shard entry needs 'file' (str) and 'samples' (int)")
-    if sum(s["samples"] for s in shards) != manifest["total"]:
-        raise ManifestError(f"{path}: total {manifest['total']} != sum of shard counts")
-    masks = manifest.setdefault("output_masks", 0)
-    if not isinstance(masks, int) or not 0 <= masks <= manifest["total"]:
-        raise ManifestError(f"{path}: output_masks {masks!r} is not a count between 0 and the total; "
-                            "re-run the converter")
-    return manifest
 
 
 class ShardSetWriter:

@@ -23,8 +23,8 @@ class ProcessedSample:
     key: str
     input_ids: list[int]
     image_spans: list[tuple[int, int]]  # [start, end) of each placeholder run in input_ids
-    input_images: list[torch.Tensor]  # (3, H, W) in [-1, 1], one per span, same order
-    output_image: torch.Tensor  # (3, H, W) in [-1, 1]
+    input_images: list[torch.Tensor]  # (3, H, W) in [-1, 1], one per span, same order (none when cached)
+    output_image: torch.Tensor | None  # (3, H, W) in [-1, 1]; None when the sample comes as cached latents
     task: str = ""
     loss_weight: float = 1.0
     is_prior: bool = False
@@ -33,9 +33,21 @@ class ProcessedSample:
     meta: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # conditioner name -> vector (see .conditioning)
     output_mask: torch.Tensor | None = None  # (1, H, W) in [0, 1], 1 = foreground (the loss may ignore the rest)
+    # Cached latents (deft_omni.data.cached_latents), in place of the pixel tensors above:
+    output_latent: torch.Tensor | None = None  # (2, C, h, w): the posterior's mean and std, storage dtype
+    input_latents: list[torch.Tensor] = field(default_factory=list)  # (2, C, h, w) per span, same order
+    latent_vae: str | None = None  # fingerprint of the VAE that made them
+    latent_pixel_size: tuple[int, int] | None = None  # (H, W) the output trains at
+
+    @property
+    def is_cached(self) -> bool:
+        return self.output_latent is not None
 
     @property
     def output_size(self) -> tuple[int, int]:
+        if self.output_image is None:
+            assert self.latent_pixel_size is not None, "a cached sample needs latent_pixel_size"
+            return self.latent_pixel_size
         return int(self.output_image.shape[-2]), int(self.output_image.shape[-1])
 
 
@@ -83,7 +95,9 @@ def collate_processed(items: Sequence[ProcessedSample], pad_id: int = 0,
     with the VAE to get diffusers' ``input_img_latents``); ``input_image_sizes``
     {b: [[start, end], ...]} in sequence coordinates, only for rows with images, in
     ascending b (diffusers consumes the flat list in that order); ``output_images``
-    (B, 3, H, W); ``loss_weight`` (B,) float; ``is_prior``, ``cfg_dropped`` (B,) bool;
+    (B, 3, H, W).  A batch of cached samples has, in place of the pixels, ``output_latents``
+    (B, 2, C, h, w) and ``input_latents`` [(1, 2, C, h, w)] (posterior mean and std, storage
+    dtype) and ``latents_vae`` (the fingerprints of the VAEs that made them); ``loss_weight`` (B,) float; ``is_prior``, ``cfg_dropped`` (B,) bool;
     ``padding``, ``text_lengths`` (B,) long; ``order`` (B,) long; ``keys``, ``tasks`` lists;
     ``output_size`` (H, W); ``num_output_tokens`` N.  For each conditioner vector some item has
     (``extras``): ``<name>`` (B, width) float (zeros for rows without) and ``has_<name>`` (B,) bool.
@@ -95,6 +109,11 @@ def collate_processed(items: Sequence[ProcessedSample], pad_id: int = 0,
         raise ValueError(f"a batch must share one output size (diffusers takes one latent tensor); "
                          f"got {sorted(sizes)} for keys {[it.key for it in items]}: bucket by size first")
     height, width = sizes.pop()
+    kinds = {it.is_cached for it in items}
+    if len(kinds) != 1:
+        raise ValueError(f"a batch must be all pixels or all cached latents; keys {[it.key for it in items]} mix "
+                         "them: bucket by kind first (the loaders do)")
+    cached = kinds.pop()
     # Stable sort: equal lengths keep their incoming order, so collation is deterministic.
     order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids))
     ordered = [items[i] for i in order]
@@ -112,15 +131,14 @@ def collate_processed(items: Sequence[ProcessedSample], pad_id: int = 0,
         position_ids[b, pad:] = torch.arange(seq - pad)
         if it.image_spans:
             input_image_sizes[b] = [[pad + s, pad + e] for s, e in it.image_spans]
-            input_images.extend(img.unsqueeze(0) for img in it.input_images)
+            input_images.extend(img.unsqueeze(0) for img in (it.input_latents if cached else it.input_images))
     batch = {
         "input_ids": input_ids,
         "attention_mask": build_attention_mask(padding, [it.image_spans for it in ordered], text_len,
                                                n_out, dtype=mask_dtype),
         "position_ids": position_ids,
-        "input_images": input_images,
+        "input_latents" if cached else "input_images": input_images,
         "input_image_sizes": input_image_sizes,
-        "output_images": torch.stack([it.output_image for it in ordered]),
         "loss_weight": torch.tensor([it.loss_weight for it in ordered], dtype=torch.float32),
         "is_prior": torch.tensor([it.is_prior for it in ordered], dtype=torch.bool),
         "cfg_dropped": torch.tensor([it.cfg_dropped for it in ordered], dtype=torch.bool),
@@ -132,6 +150,11 @@ def collate_processed(items: Sequence[ProcessedSample], pad_id: int = 0,
         "output_size": (height, width),
         "num_output_tokens": n_out,
     }
+    if cached:
+        batch["output_latents"] = torch.stack([it.output_latent for it in ordered])
+        batch["latents_vae"] = sorted({str(it.latent_vae) for it in ordered})
+    else:
+        batch["output_images"] = torch.stack([it.output_image for it in ordered])
     if any(it.output_mask is not None for it in ordered):
         # Rows without a mask weigh every pixel: an all-ones mask.
         batch["output_masks"] = torch.stack([it.output_mask if it.output_mask is not None else

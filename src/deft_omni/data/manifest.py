@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..core.atomic import write_json
+from .cached_latents import check_latents_block
 from .errors import ManifestError
 
 MANIFEST_NAME = "manifest.json"
@@ -19,14 +20,16 @@ MANIFEST_VERSION = 1
 
 def write_manifest(directory: str, shards: Iterable[tuple[str, int]] | Iterable[Mapping[str, Any]],
                    *, source: str, options: Mapping[str, Any] | None = None,
-                   skipped: Iterable[Mapping[str, Any]] = (), output_masks: int = 0) -> str:
+                   skipped: Iterable[Mapping[str, Any]] = (), output_masks: int = 0,
+                   latents: Mapping[str, Any] | None = None) -> str:
     """Write ``<directory>/manifest.json`` atomically (deft_omni.core.atomic: fsync, umask modes).
 
     ``shards``: (file name relative to the directory, sample count) pairs or
     ``{"file", "samples"}`` dicts; ``skipped``: ``{"key" or "file", "reason"}`` records of
     what the converter dropped; ``output_masks``: how many samples carry an
-    ``output_mask.png`` (0: none; manifests written before masks existed lack the field).
-    Returns the manifest path.
+    ``output_mask.png`` (0: none; manifests written before masks existed lack the field);
+    ``latents``: how the samples' cached latents were made (:func:`.cached_latents.latents_block`),
+    None for pixel shards.  Returns the manifest path.
     """
     entries = []
     for item in shards:
@@ -44,6 +47,8 @@ def write_manifest(directory: str, shards: Iterable[tuple[str, int]] | Iterable[
     if not 0 <= manifest["output_masks"] <= manifest["total"]:
         raise ManifestError(f"output_masks {output_masks} is not between 0 and the total {manifest['total']}")
     path = os.path.join(directory, MANIFEST_NAME)
+    if latents is not None:
+        manifest["latents"] = check_latents_block(dict(latents), path)
     write_json(path, manifest, indent=1, sort_keys=True)
     return path
 
@@ -78,4 +83,6 @@ def read_manifest(directory: str) -> dict[str, Any]:
     if not isinstance(masks, int) or not 0 <= masks <= manifest["total"]:
         raise ManifestError(f"{path}: output_masks {masks!r} is not a count between 0 and the total; "
                             "re-run the converter")
+    if "latents" in manifest:
+        check_latents_block(manifest["latents"], path)
     return manifest

@@ -13,11 +13,14 @@ Images are first downscaled (never upscaled) so the longer side is at most
 multiple of ``size_multiple`` (a crop loses < 16 px per side, a resize would distort the
 aspect).  With ``bucket_sizes`` the output image instead goes to the listed (H, W) with
 the closest aspect ratio: scaled to cover it, then centre-cropped.
+
+A sample with cached latents (``Sample.latents``, see :mod:`.cached_latents`) becomes its stored
+posteriors instead of pixel tensors, after a check that they were made with this fitting; the
+token counts come from the fitted sizes they record, and no pixel is decoded.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -29,7 +32,10 @@ from PIL import Image
 from ..core.seeding import derive_seed
 # The batch side (ProcessedSample, collate): importers of the processor find it here too.
 from .batch import PIXELS_PER_TOKEN, ProcessedSample, build_attention_mask, collate_processed, num_image_tokens  # noqa: F401
-from .schema import Sample, SampleError, check_image_tags, to_rgb
+# Image fitting: importers of the processor find it here too.
+from .cached_latents import check_record_fitting
+from .fitting import fit_geometry, fit_image  # noqa: F401
+from .schema import Sample, SampleError, check_image_tags
 
 PROMPT_PREFIX = "<|user|>\nGenerate an image according to the following instructions\n"
 PROMPT_SUFFIX = "<|end|>\n<|assistant|>\n<|diffusion|>"
@@ -47,45 +53,6 @@ def image_to_tensor(img: Image.Image) -> torch.Tensor:
     arr = np.asarray(img, dtype=np.uint8).astype(np.float32)
     arr = arr / 127.5 - 1.0
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-
-
-def _centre_crop(img: Image.Image, width: int, height: int) -> Image.Image:
-    left, top = (img.width - width) // 2, (img.height - height) // 2
-    return img.crop((left, top, left + width, top + height))
-
-
-def fit_geometry(width: int, height: int, max_side: int, multiple: int = 16,
-                 bucket_sizes: Sequence[tuple[int, int]] | None = None
-                 ) -> tuple[tuple[int, int] | None, tuple[int, int]]:
-    """(size to resize to or None, (crop width, crop height)) of :func:`fit_image`, from sizes only."""
-    w, h = width, height
-    if bucket_sizes:
-        aspect = math.log(w / h)
-        bh, bw = min(bucket_sizes, key=lambda s: (abs(math.log(s[1] / s[0]) - aspect), -s[0] * s[1]))
-        scale = max(bw / w, bh / h)
-        size = (max(bw, math.ceil(w * scale)), max(bh, math.ceil(h * scale)))
-        return (size if size != (w, h) else None), (bw, bh)
-    resize = None
-    if max(w, h) > max_side:
-        scale = max_side / max(w, h)
-        resize = (max(1, round(w * scale)), max(1, round(h * scale)))
-        w, h = resize
-    cw, ch = (w // multiple) * multiple, (h // multiple) * multiple
-    if cw == 0 or ch == 0:
-        raise ValueError(f"image of {w}x{h} px (after fitting to max side {max_side}) has a side "
-                         f"below {multiple} px")
-    return resize, (cw, ch)
-
-
-def fit_image(img: Image.Image, max_side: int, multiple: int = 16,
-              bucket_sizes: Sequence[tuple[int, int]] | None = None, *, mask: bool = False) -> Image.Image:
-    """Resize/crop as described in the module docstring; returns an RGB image (``mask``: the same
-    geometry for a single-channel mask, resized with box averaging so soft edges stay soft)."""
-    img = img.convert("L") if mask else to_rgb(img)
-    resize, (cw, ch) = fit_geometry(img.width, img.height, max_side, multiple, bucket_sizes)
-    if resize is not None:
-        img = img.resize(resize, Image.Resampling.BOX if mask else Image.Resampling.BICUBIC)
-    return _centre_crop(img, cw, ch) if (cw, ch) != img.size else img
 
 
 class OmniGenTrainProcessor:
@@ -203,10 +170,22 @@ class OmniGenTrainProcessor:
             instruction = instruction + suffix
             if vec is not None:
                 extras[conditioner.name] = vec
-        input_tensors = [self.prepare_image(img, key=key, url=url, name=f"input_{k}")
-                         for k, img in enumerate(inputs, start=1)]
-        ids, spans = self.tokenize(instruction, [tuple(t.shape[-2:]) for t in input_tensors], key=key, url=url)
-        output = self.prepare_image(sample.output, bucket_sizes=buckets, key=key, url=url, name="output")
+        record = getattr(sample, "latents", None)
+        latents: dict[str, Any] = {}
+        if record is not None:  # the VAE's posteriors of exactly the fitted images: no pixel is decoded
+            check_record_fitting(record, self.max_image_side, self.size_multiple, buckets, key=key, url=url)
+            slots = [record.slots[f"input_{k}"] for k in range(1, len(inputs) + 1)]
+            input_tensors, output = [], None
+            input_sizes = [slot.pixel_size for slot in slots]
+            latents = {"output_latent": record.slots["output"].posterior(), "latent_vae": record.vae,
+                       "input_latents": [slot.posterior() for slot in slots],
+                       "latent_pixel_size": record.slots["output"].pixel_size}
+        else:
+            input_tensors = [self.prepare_image(img, key=key, url=url, name=f"input_{k}")
+                             for k, img in enumerate(inputs, start=1)]
+            input_sizes = [tuple(t.shape[-2:]) for t in input_tensors]
+            output = self.prepare_image(sample.output, bucket_sizes=buckets, key=key, url=url, name="output")
+        ids, spans = self.tokenize(instruction, input_sizes, key=key, url=url)
         mask = None
         if getattr(sample, "output_mask", None) is not None:
             fitted = fit_image(sample.output_mask, self.max_image_side, self.size_multiple, buckets, mask=True)
@@ -216,7 +195,7 @@ class OmniGenTrainProcessor:
                                output_image=output, task=sample.task,
                                loss_weight=self.prior_loss_weight if prior else 1.0, is_prior=prior,
                                cfg_dropped=dropped, url=url, meta=dict(sample.meta), extras=extras,
-                               output_mask=mask)
+                               output_mask=mask, **latents)
 
     # ---------------------------------------------------------------------- batch
 

@@ -6,11 +6,12 @@ Members a cached sample adds (webdataset fields, the key's first dot excluded):
 ``latents.safetensors``
     One safetensors blob: tensors ``<slot>.mean`` and ``<slot>.std`` of shape (C, h, w) for the
     slots ``output`` and ``input_1`` .. ``input_n``, in fp16, bf16 or fp32: the posterior of the
-    *unscaled* VAE latent ``z`` of the image fitted exactly as the processor fits it.  Its string
-    metadata holds ``format``/``version``, ``vae`` (the encoder's fingerprint, see
-    ``deft_omni.model.vae_identity``) and ``slots``: a JSON list of ``{"name", "stored": [w, h]
-    (the image as stored in the source shard), "resize": [w, h] or null, "crop": [w, h] (the pixel
-    size it trains at)}``, the geometry of :func:`deft_omni.data.fitting.fit_geometry`.
+    *unscaled* VAE latent ``z`` of the image fitted exactly as the processor fits it.  Its
+    metadata entry ``deft_omni.latents`` is a JSON object: ``format``, ``version``, ``vae`` (the
+    encoder's fingerprint, see ``deft_omni.model.vae_identity``) and ``slots``: a list of
+    ``{"name", "stored": [w, h] (the image as stored in the source shard), "resize": [w, h] or
+    null, "crop": [w, h] (the pixel size it trains at)}``, the geometry of
+    :func:`deft_omni.data.fitting.fit_geometry`.
 ``output_thumb.<ext>``, ``input_<k>_thumb.<ext>``
     With ``--drop-pixels`` only: the images replaced by thumbnails of at most
     :data:`THUMBNAIL_SIDE` px a side (sample grids and ``data_prep.summary`` show them).  The
@@ -103,8 +104,10 @@ def encode_record(slots: Sequence[LatentSlot], vae: str) -> bytes:
         tensors[f"{slot.name}.std"] = slot.std.contiguous()
         meta.append({"name": slot.name, "stored": list(slot.stored),
                      "resize": None if slot.resize is None else list(slot.resize), "crop": list(slot.crop)})
-    return save(tensors, metadata={"format": LATENTS_FORMAT, "version": str(LATENTS_VERSION), "vae": vae,
-                                   "slots": json.dumps(meta)})
+    # One metadata entry: safetensors writes several in a random order, and the shards must come out
+    # byte-identical from identical inputs.
+    info = {"format": LATENTS_FORMAT, "version": LATENTS_VERSION, "vae": vae, "slots": meta}
+    return save(tensors, metadata={LATENTS_FORMAT: json.dumps(info, sort_keys=True)})
 
 
 def record_header(data: bytes) -> dict[str, Any]:
@@ -117,11 +120,12 @@ def record_header(data: bytes) -> dict[str, Any]:
     if n > len(data) - 8:
         raise ValueError("the safetensors header is longer than the data")
     meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
-    if meta.get("format") != LATENTS_FORMAT:
-        raise ValueError(f"metadata format {meta.get('format')!r} is not {LATENTS_FORMAT!r}")
-    if meta.get("version") != str(LATENTS_VERSION):
-        raise ValueError(f"latents version {meta.get('version')!r}; this code reads {LATENTS_VERSION}")
-    return {"vae": str(meta.get("vae", "")), "slots": json.loads(meta.get("slots", "[]"))}
+    if LATENTS_FORMAT not in meta:
+        raise ValueError(f"no {LATENTS_FORMAT!r} entry in the safetensors metadata")
+    info = json.loads(meta[LATENTS_FORMAT])
+    if info.get("version") != LATENTS_VERSION:
+        raise ValueError(f"latents version {info.get('version')!r}; this code reads {LATENTS_VERSION}")
+    return {"vae": str(info.get("vae", "")), "slots": list(info.get("slots", []))}
 
 
 def _size(value: Any) -> tuple[int, int]:
@@ -245,21 +249,25 @@ def check_latents_block(block: Any, path: str) -> dict[str, Any]:
 
 
 def latents_mismatch(block: Mapping[str, Any], manifest_path: str, *, space: Mapping[str, Any],
-                     fit: Mapping[str, Any], run: str) -> str | None:
-    """Why a run (``space``: its VAE's identity, ``fit``: its fitting, ``run``: how to name its
-    settings) cannot use a set's cached latents, or None when it can."""
+                     fit: Mapping[str, Any], model: str) -> str | None:
+    """Why a run (``space``: the identity of its model's VAE, ``fit``: its fitting, ``model``: its
+    model.path) cannot use a set's cached latents, or None when it can."""
     theirs, problems = block["vae"], []
     if theirs["fingerprint"] != space["fingerprint"]:
         problems.append(f"they were encoded by the VAE with fingerprint {theirs['fingerprint'][:16]} (model "
-                        f"{theirs.get('model')!r}), but {run}'s VAE has fingerprint {space['fingerprint'][:16]}")
+                        f"{theirs.get('model')!r}), but model.path={model} has a VAE with fingerprint "
+                        f"{space['fingerprint'][:16]}")
     mine = dict(block["fitting"])
     if mine != dict(fit):
-        problems.append(f"they were fitted with {_fit_text(mine)}, but {run} fits images with {_fit_text(fit)}")
+        problems.append(f"they were fitted with {_fit_text(mine)}, but this run fits images with {_fit_text(fit)}")
     if not problems:
         return None
+    command = (f"python -m deft_omni.encode_latents --model {model} --in {block.get('encoded_from', 'PIXEL_SHARDS')} "
+               f"--out NEW_FOLDER --max-image-side {fit['max_image_side']}")
+    if fit["bucket_sizes"]:
+        command += " --bucket-sizes " + ",".join(f"{h}x{w}" for h, w in fit["bucket_sizes"])
     return (f"the cached latents of {manifest_path} do not fit this run: {'; and '.join(problems)}. Re-encode the "
-            f"pixel shards ({block.get('encoded_from', 'the source set')}) for this run: {REENCODE} (with the run's "
-            "--max-image-side and --bucket-sizes), or train on the pixel shards")
+            f"pixel shards for this run ({command}), or train on the pixel shards")
 
 
 def _fit_text(fit: Mapping[str, Any]) -> str:

@@ -36,8 +36,7 @@ def check_cached_sets(sets: Sequence[tuple[str, str, Optional[Sequence[Sequence[
             cls, folder = resolve_model(model, family)
             space = latent_space(cls.load_vae(str(folder)))
         fit = fit_settings(max_image_side, buckets, size_multiple)
-        why = latents_mismatch(block, os.path.join(path, MANIFEST_NAME), space=space, fit=fit,
-                               run=f"this run (model.path={model})")
+        why = latents_mismatch(block, os.path.join(path, MANIFEST_NAME), space=space, fit=fit, model=str(model))
         if why is not None:
             raise CachedLatentsMismatch(f"{key}={path}: {why}")
         cached.append(key)

@@ -166,9 +166,9 @@ def decode_record(data: Any, *, key: str | None, url: str | None) -> LatentRecor
 def cached_images(raw: Mapping[str, Any], record: LatentRecord, pixels: Mapping[str, str], *, key: str,
                   url: str | None) -> tuple[dict[str, Image.Image], bool]:
     """The images of a cached sample by slot, and whether they are the stored pixels (else the
-    thumbnails).  ``pixels``: slot -> member name of the stored images found.  Pixels are opened,
-    not decoded (the latents make decoding them unnecessary for training); their sizes must be the
-    ones the latents were made from."""
+    thumbnails).  ``pixels``: slot -> member name of the stored images found.  Either kind is
+    opened, not decoded (training needs the latents only; grids decode on use); stored pixels must
+    have the sizes the latents were made from."""
     if pixels:
         if set(pixels) != set(record.slots):
             raise SampleError(f"the sample stores the images {sorted(pixels)} but latents of {list(record.slots)}",
@@ -189,7 +189,7 @@ def cached_images(raw: Mapping[str, Any], record: LatentRecord, pixels: Mapping[
         raise SampleError(f"pixels were dropped, and the thumbnails {sorted(thumbs)} do not match the latents' "
                           f"slots {list(record.slots)}", key=key, url=url, field="output_thumb",
                           fix=f"re-encode the shards: {REENCODE}")
-    return {slot: decode_image(raw[thumbs[slot]], key, url, thumbs[slot]) for slot in record.slots}, False
+    return {slot: decode_image(raw[thumbs[slot]], key, url, thumbs[slot], lazy=True) for slot in record.slots}, False
 
 
 def check_record_fitting(record: LatentRecord, max_side: int, multiple: int,

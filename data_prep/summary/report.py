@@ -76,6 +76,15 @@ def sections(s: Summary, *, max_side: int, bucket_sizes: Any, top: int, sheet: s
     out.append(Section(f"Instruction length in {s.length_unit}", [unit + ".", _share(s.length_unit, s.lengths, n, order=bins)]))
     out.append(Section("Input images per sample", [_share("inputs", s.inputs, n, order=sorted(s.inputs))]))
     out.append(Section("Output masks", [f"{s.masks} of {n} samples carry an output_mask."]))
+    if s.latents or any(i.latents for i in s.sets):
+        out.append(Section("Cached latents", [
+            f"{s.latents} of {n} samples carry cached latents; {s.thumbnails} of them only thumbnails of their "
+            "images (the sizes above come from the latents' record; the duplicates and the sheet use the "
+            "thumbnails).",
+            Table(["set", "VAE fingerprint", "model", "dtype", "max_image_side", "bucket sizes", "pixels"],
+                  [[i.path, i.latents["vae"]["fingerprint"][:16], i.latents["vae"].get("model"), i.latents["dtype"],
+                    i.latents["fitting"]["max_image_side"], i.latents["fitting"]["bucket_sizes"], i.latents["pixels"]]
+                   for i in s.sets if i.latents])]))
     extra = sum(len(g) - 1 for g in s.duplicates)
     out.append(Section("Duplicate images (identical bytes)", [
         f"{len(s.duplicates)} images occur more than once ({extra} extra copies).",
@@ -141,6 +150,7 @@ def to_json(s: Summary, *, max_side: int, bucket_sizes: Any) -> dict[str, Any]:
             "output_sizes": sizes(s.output_sizes), "max_image_side": max_side, "bucket_sizes": bucket_sizes,
             "trained_sizes": sizes(s.buckets), "length_unit": s.length_unit, "lengths": dict(s.lengths),
             "inputs_per_sample": {str(k): v for k, v in sorted(s.inputs.items())}, "output_masks": s.masks,
+            "cached_latents": s.latents, "thumbnails_only": s.thumbnails,
             "duplicates": s.duplicates[:JSON_LIST_CAP],
             "mismatches": [{"key": k, "shard": u, "reason": r} for k, u, r in s.mismatches[:JSON_LIST_CAP]],
             "unreadable": [{"where": w, "reason": r} for w, r in s.unreadable[:JSON_LIST_CAP]]}

@@ -18,6 +18,7 @@ from typing import Any
 
 from PIL import Image
 
+from deft_omni.data.cached_latents import LATENTS_MEMBER, THUMB_RE, record_header
 from deft_omni.data.schema import (
     IMAGE_EXTS,
     INPUT_FIELD_RE,
@@ -46,6 +47,7 @@ class SetInfo:
     samples: int | None  # from the manifest; None without one
     skipped: Counter = field(default_factory=Counter)  # by reason class, from the manifest
     output_masks: int = 0
+    latents: dict | None = None  # the manifest's cached-latents block, if the set has one
 
 
 @dataclass
@@ -71,6 +73,8 @@ class Summary:
     length_unit: str = "words"
     inputs: Counter = field(default_factory=Counter)  # input images per sample
     masks: int = 0
+    latents: int = 0  # samples with cached latents
+    thumbnails: int = 0  # of those, samples whose pixels were dropped (thumbnails stand in)
     images: int = 0
     duplicates: list[list[str]] = field(default_factory=list)  # groups of "key member" places
     mismatches: list[tuple[str, str, str]] = field(default_factory=list)  # (key, shard, reason)
@@ -119,6 +123,7 @@ def resolve_sets(specs: Sequence[str]) -> list[tuple[SetInfo, ShardSet]]:
             split = name if name in SPLITS else "-"
         info = SetInfo(path=spec, source=str(manifest.get("source", "-")), split=split, shards=len(shards),
                        samples=shards.total, output_masks=int(manifest.get("output_masks", 0)),
+                       latents=manifest.get("latents"),
                        skipped=Counter(reason_class(s.get("reason", "")) for s in manifest.get("skipped", [])))
         out.append((info, shards))
     return out
@@ -175,6 +180,20 @@ class Scanner:
                   if not n.startswith("__") and n != OUTPUT_MASK_MEMBER and n.rsplit(".", 1)[-1] in IMAGE_EXTS}
         outputs = [n for n in images if n.split(".", 1)[0] == OUTPUT_FIELD]
         inputs = sorted((int(m.group(1)), n) for n in images if (m := INPUT_FIELD_RE.match(n)))
+        stored = None  # the output's size from the cached latents' record, when the pixels were dropped
+        if LATENTS_MEMBER in raw:
+            s.latents += 1
+            if not outputs:  # --drop-pixels: the thumbnails stand in for the images
+                s.thumbnails += 1
+                thumbs = {m.group(1): n for n in images if (m := THUMB_RE.match(n))}
+                outputs = [thumbs["output"]] if "output" in thumbs else []
+                inputs = sorted((int(k.split("_")[1]), n) for k, n in thumbs.items() if k != "output")
+                try:
+                    slots = {slot["name"]: slot for slot in record_header(raw[LATENTS_MEMBER])["slots"]}
+                    stored = tuple(int(v) for v in slots["output"]["stored"])
+                except (ValueError, KeyError, TypeError) as exn:
+                    s.unreadable.append((f"{url}: {key}", f"{LATENTS_MEMBER} ({type(exn).__name__}: {exn})"))
+                    return
         if len(outputs) != 1:
             s.unreadable.append((f"{url}: {key}", f"expected one output image, found {outputs}"))
             return
@@ -192,7 +211,7 @@ class Scanner:
         output = images[outputs[0]]
         try:
             with Image.open(io.BytesIO(output), formats=HEADER_FORMATS) as img:
-                size = img.size
+                size = stored or img.size
         except Exception as exn:  # noqa: BLE001 - PIL raises many types
             s.unreadable.append((f"{url}: {key}", f"{outputs[0]} is not a readable image ({exn})"))
         else:

@@ -14,6 +14,7 @@ from .adapters import AdapterConfig, inject_adapter
 from .backbones import NamedModelError, is_named_model, max_image_side, meta_denoiser
 from .data.errors import ManifestError
 from .data.schema import read_manifest
+from .latent_cache import CachedLatentsMismatch, check_cached_sets
 from .model.quantize import check_mode, missing_extra
 from .training.settings import EMAConfig, LossConfig, ModelConfig, OptimConfig, coerce, plain
 
@@ -50,6 +51,7 @@ def check_config(cfg: DictConfig) -> None:
     _check_data(cfg)
     _check_adapter_against_model(cfg)
     resolve_image_sides(cfg)
+    _check_cached_latents(cfg)
 
 
 def _check_settings(cfg: DictConfig) -> None:
@@ -133,6 +135,21 @@ def _check_adapter_against_model(cfg: DictConfig) -> None:
         inject_adapter(model, AdapterConfig(**adapter), "config_check")
     except ValueError as err:
         raise ConfigError(f"adapter: {err}") from None
+
+
+def _check_cached_latents(cfg: DictConfig) -> None:
+    """Sets with cached latents must come from this run's VAE and image fitting (docs/data.md)."""
+    buckets = plain(cfg.data.get("bucket_sizes")) or None
+    sets = [(f"data.train[{i}].path", e["path"], buckets) for i, e in enumerate(train_entries(cfg.data.train))]
+    if cfg.data.get("prior"):
+        sets.append(("data.prior.path", cfg.data.prior["path"], buckets))
+    if cfg.data.get("val"):
+        sets.append(("data.val", cfg.data.val, None))  # train.py's validation loader fits without buckets
+    try:
+        check_cached_sets(sets, model=cfg.model.path, family=cfg.model.get("family"),
+                          max_image_side=int(cfg.data.max_image_side))
+    except (CachedLatentsMismatch, NotImplementedError, NamedModelError, OSError) as err:
+        raise ConfigError(str(err)) from None
 
 
 def resolve_image_sides(cfg: DictConfig) -> int:

@@ -91,3 +91,36 @@ def umask(mask):
 def modes(*paths):
     """The permission bits of each path."""
     return [os.stat(p).st_mode & 0o777 for p in paths]
+
+
+def cached_sample(key, output_wh, input_whs=(), *, max_side=64, drop=False, vae="ab" * 32, fmt="png", mask=False):
+    """A sample dict with cached latents made without a VAE (random posteriors of the right shapes and
+    the processor's geometry); ``drop``: thumbnails in place of the images, as --drop-pixels writes."""
+    import torch
+
+    from deft_omni.data.cached_latents import LATENTS_MEMBER, LatentSlot, encode_record, make_thumbnail, thumb_member
+    from deft_omni.data.fitting import fit_geometry
+    from deft_omni.data.images import encode_image
+
+    sizes = [("output", output_wh)] + [(f"input_{k}", wh) for k, wh in enumerate(input_whs, start=1)]
+    images = {name: solid((h, w), (40 * i, 120, 200)) for i, (name, (w, h)) in enumerate(sizes)}
+    tags = " ".join(f"<img><|image_{k}|></img>" for k in range(1, len(input_whs) + 1))
+    mask_img = None
+    if mask:
+        mask_img = Image.new("L", output_wh, 0)
+        mask_img.paste(255, (0, 0, output_wh[0] // 2, output_wh[1]))
+    sample = make_sample(key, f"{tags} a thing".strip(), images["output"], [images[n] for n, _ in sizes[1:]],
+                         image_format=fmt, output_mask=mask_img)
+    g = torch.Generator().manual_seed(len(key))
+    slots = []
+    for name, (w, h) in sizes:
+        resize, crop = fit_geometry(w, h, max_side, 16, None)
+        shape = (4, crop[1] // 8, crop[0] // 8)
+        slots.append(LatentSlot(name, (w, h), resize, crop, torch.randn(shape, generator=g).half(),
+                                torch.rand(shape, generator=g).half()))
+    sample[LATENTS_MEMBER] = encode_record(slots, vae)
+    if drop:
+        for name, _ in sizes:
+            del sample[f"{name}.{fmt}"]
+            sample[thumb_member(name, fmt)] = encode_image(make_thumbnail(images[name]), fmt, key, name)
+    return sample

@@ -108,6 +108,8 @@ def test_bucketizer_flushes_when_too_many_sizes_wait():
     from deft_omni.data.loader import _bucketize
 
     class Item:
+        is_cached = False  # pixels: the bucketizer groups by size and kind
+
         def __init__(self, size):
             self.output_size = size
 

@@ -160,3 +160,32 @@ def test_sizes_as_trained_match_the_processor():
                 else:
                     assert fit_image(Image.new("RGB", (w, h)), 64, bucket_sizes=b).size == expected, (w, h, b)
     assert fitted_size(100, 8, 64) is None and fitted_size(333, 20, 64) is None
+
+
+def test_shards_with_cached_latents_and_no_pixels_show_their_thumbnails(tmp_path):
+    from deft_omni.data import ShardSetWriter
+    from deft_omni.data.cached_latents import latents_block
+    from tests.data._data_helpers import cached_sample
+
+    folder = tmp_path / "cached"
+    space = {"fingerprint": "ab" * 32, "class": "AutoencoderKL", "scaling_factor": 0.13025, "shift_factor": None,
+             "latent_channels": 4, "downsampling": 8}
+    block = latents_block(space=space, model="tiny", dtype="float16",
+                          fit={"max_image_side": 64, "size_multiple": 16, "bucket_sizes": None}, pixels_dropped=True,
+                          thumbnail_side=128, encoded_from="/pixels")
+    with ShardSetWriter(str(folder), source="test", maxcount=10) as writer:
+        writer.write(cached_sample("big", (300, 180), [(48, 32)], drop=True, mask=True))
+        writer.write(cached_sample("kept", (64, 32), drop=False))
+        writer.write(cached_sample("small", (64, 32), [(32, 32), (32, 32)], drop=True))
+    write_manifest(str(folder), [("shard-000000.tar", 3)], source="test", output_masks=1, latents=block)
+    out = tmp_path / "report"
+    assert summary.main([str(folder), "--out", str(out), "--max-image-side", "64", "--quiet"]) == 0
+    got = json.loads((out / "summary.json").read_text())
+    assert got["samples"] == 3 and got["unreadable"] == [] and got["mismatches"] == []
+    assert got["output_sizes"] == {"300x180": 1, "64x32": 2} and got["trained_sizes"] == {"64x32": 3}
+    assert got["inputs_per_sample"] == {"0": 1, "1": 1, "2": 1} and got["output_masks"] == 1
+    assert (got["cached_latents"], got["thumbnails_only"]) == (3, 2) and got["images"] == 6
+    md = (out / "summary.md").read_text()
+    assert "3 of 3 samples carry cached latents; 2 of them only thumbnails" in md and "abababababababab" in md
+    with Image.open(out / "contact_sheet.png") as sheet:
+        assert sheet.height == 3 * (96 + 8) + 8

@@ -58,6 +58,13 @@ class Backbone(abc.ABC):
         None when the family cannot (the check is then skipped)."""
         return None
 
+    @classmethod
+    def load_vae(cls, path: str) -> nn.Module:
+        """The folder's frozen fp32 VAE alone (eval mode, on the CPU): what
+        ``python -m deft_omni.encode_latents`` encodes with and what cached latents are checked
+        against.  Families without one cannot cache latents."""
+        raise NotImplementedError(f"model family {cls.family!r} has no VAE to cache latents with")
+
     # --------------------------------------------------------------------- the parts
     @abc.abstractmethod
     def frozen_modules(self) -> dict[str, nn.Module]:

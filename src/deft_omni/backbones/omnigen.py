@@ -1,4 +1,9 @@
-"""OmniGen as a backbone: the transformer trains, the VAE is frozen, the loss is rectified flow."""
+"""OmniGen as a backbone: the transformer trains, the VAE is frozen, the loss is rectified flow.
+
+Batches come as pixels (the VAE encodes them on the training device, as OmniGen's train.py does)
+or as cached posteriors (``deft_omni.data.cached_latents``): then the VAE never runs in training
+and never leaves the CPU, where the sample grids use it.  Both paths draw the posterior noise in
+the same order from the step's generator, so they give the same loss."""
 
 from __future__ import annotations
 
@@ -13,7 +18,15 @@ from torch import nn
 from ..data import OmniGenTrainProcessor
 from ..generation.sampler import SamplePrompt, generate_image, load_input_image, tensor_to_pil
 from ..model import detect_layout, ensure_tiny_omnigen, load_omnigen, transformer_config_from_original
-from ..model.latents import LatentEncoder, input_image_cache_keys, omnigen_condition, vae_downsampling
+from ..model.latents import (
+    LatentEncoder,
+    draw_latent,
+    input_image_cache_keys,
+    omnigen_condition,
+    scale_latents,
+    vae_downsampling,
+)
+from ..model.vae_identity import vae_fingerprint
 from .base import Backbone
 from .named import world_base_folder
 from .objective import (
@@ -54,6 +67,7 @@ class OmniGenBackbone(Backbone):
         self.tokenizer = parts.tokenizer
         self.scheduler = parts.scheduler
         self.latent_encoder = LatentEncoder(cache=cache_latents)
+        self._fingerprint: Optional[str] = None
 
     # ----------------------------------------------------------------------- loading
     @classmethod
@@ -77,6 +91,17 @@ class OmniGenBackbone(Backbone):
         if gradient_checkpointing:
             backbone.denoiser.enable_gradient_checkpointing()
         return backbone
+
+    @classmethod
+    def load_vae(cls, path: str) -> nn.Module:
+        from diffusers import AutoencoderKL
+
+        folder = Path(path) / "vae"
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder / 'config.json'} is missing: {path} holds no OmniGen VAE (SDXL's "
+                                    "AutoencoderKL in vae/)")
+        vae = AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32, local_files_only=True)
+        return vae.requires_grad_(False).eval()
 
     @classmethod
     def max_image_side(cls, path: str) -> int:
@@ -104,6 +129,13 @@ class OmniGenBackbone(Backbone):
     def frozen_modules(self) -> dict[str, nn.Module]:
         return {"vae": self.vae}
 
+    def move_frozen(self, device: torch.device) -> None:
+        """Nothing moves here: the VAE follows the denoiser to the training device with the first
+        batch of pixels (:meth:`encode_batch`), so a run on cached latents leaves it on the CPU."""
+
+    def _device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
     # ------------------------------------------------------------------------- data
     def make_processor(self, *, max_image_side: int, cfg_dropout: float = 0.0, seed: int = 0,
                        prior_loss_weight: float = 1.0, bucket_sizes: Optional[Sequence] = None,
@@ -113,20 +145,42 @@ class OmniGenBackbone(Backbone):
                                      conditioners=conditioners)
 
     def batch_size_and_tokens(self, batch: Mapping[str, Any]) -> tuple[int, int]:
-        bsz = int(batch["output_images"].shape[0])
+        bsz = len(batch["keys"])
         return bsz, bsz * (int(batch["input_ids"].shape[1]) + 1 + int(batch["num_output_tokens"]))
 
     # ------------------------------------------------------------------------- loss
     def encode_batch(self, batch: Mapping[str, Any], mode: str, generator: Optional[torch.Generator] = None
                      ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(target latents (B,4,h,w), input-image latents [(1,4,h,w)...]) in fp32 on the VAE's device."""
-        device = next(self.vae.parameters()).device
+        """(target latents (B,4,h,w), input-image latents [(1,4,h,w)...]) in fp32 on the training device:
+        ``mean + std * eps`` (``mode="sample"``, eps from ``generator``: the output's, then each input's)
+        or the mean, of the batch's cached posteriors or of the VAE's on its pixels."""
+        device = self._device()
+        if "output_latents" in batch:
+            self._check_cached(batch)
+
+            def draw(posterior: torch.Tensor) -> torch.Tensor:
+                posterior = posterior.to(device=device, dtype=torch.float32)
+                return scale_latents(self.vae, draw_latent(posterior[:, 0], posterior[:, 1], mode, generator))
+
+            return draw(batch["output_latents"]), [draw(p) for p in batch["input_latents"]]
+        Backbone.move_frozen(self, device)
         enc = self.latent_encoder
         x1 = enc.encode(self.vae, batch["output_images"].to(device), mode, generator,
                         cache_keys=[(k, "output") for k in batch["keys"]])
         inputs = [enc.encode(self.vae, img.to(device), mode, generator, cache_keys=[key])
                   for img, key in zip(batch["input_images"], input_image_cache_keys(batch))]
         return x1, inputs
+
+    def _check_cached(self, batch: Mapping[str, Any]) -> None:
+        """Latents of another VAE would train on the wrong targets without an error: refuse them."""
+        if self._fingerprint is None:
+            self._fingerprint = vae_fingerprint(self.vae)
+        foreign = [v for v in batch["latents_vae"] if v != self._fingerprint]
+        if foreign:
+            raise ValueError(f"the batch of {list(batch['keys'])} carries latents cached with the VAE "
+                             f"{foreign[0][:16]}, but this model's ({self.path}) VAE is {self._fingerprint[:16]}: "
+                             "re-encode the shards with python -m deft_omni.encode_latents --model "
+                             f"{self.path}, or train on the pixel shards")
 
     def _condition(self, batch: Mapping[str, Any], inputs: list[torch.Tensor], device: torch.device) -> dict:
         cond = omnigen_condition(batch, inputs)
@@ -136,8 +190,8 @@ class OmniGenBackbone(Backbone):
 
     def training_loss(self, batch: Mapping[str, Any], cfg: LossConfig,
                       generator: Optional[torch.Generator]) -> FlowLossOutput:
-        device = next(self.vae.parameters()).device
-        t = sample_t(int(batch["output_images"].shape[0]), cfg, generator, device)
+        device = self._device()
+        t = sample_t(len(batch["keys"]), cfg, generator, device)
         x1, inputs = self.encode_batch(batch, cfg.latent_mode, generator)
         noise = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
         return flow_matching_loss(self.denoiser, x1, self._condition(batch, inputs, device), noise=noise, t=t,
@@ -146,7 +200,7 @@ class OmniGenBackbone(Backbone):
 
     @torch.no_grad()
     def validation_loss(self, batch: Mapping[str, Any], cfg: LossConfig) -> tuple[torch.Tensor, torch.Tensor]:
-        device = next(self.vae.parameters()).device
+        device = self._device()
         x1, inputs = self.encode_batch(batch, "mean")
         return validation_flow_loss(self.denoiser, x1, self._condition(batch, inputs, device), batch["keys"],
                                     cfg.val_t_grid, cfg.val_seed, loss_weight=batch["loss_weight"].to(device),

@@ -71,7 +71,9 @@ def encode_image(image: Any, image_format: str, key: str, name: str) -> bytes:
                       key=key, field=name)
 
 
-def decode_image(value: Any, key: str, url: str | None, name: str) -> Image.Image:
+def decode_image(value: Any, key: str, url: str | None, name: str, *, lazy: bool = False) -> Image.Image:
+    """A PIL image of ``value``'s bytes, decoded now (so that a truncated file fails here, with a
+    name) unless ``lazy``: then only its header is read, and the pixels on first use."""
     if isinstance(value, Image.Image):
         return value
     if not isinstance(value, (bytes, bytearray)):
@@ -80,7 +82,8 @@ def decode_image(value: Any, key: str, url: str | None, name: str) -> Image.Imag
         raise SampleError(f"the image is {lfs_pointer_reason(value)}", key=key, url=url, field=name, fix=LFS_FIX)
     try:
         img = Image.open(io.BytesIO(value))
-        img.load()  # Force the full decode now so truncated files fail here, with a name.
+        if not lazy:
+            img.load()
     except Exception as exn:  # noqa: BLE001 - PIL raises many unrelated types
         raise SampleError(f"cannot decode image ({exn})", key=key, url=url, field=name,
                           fix="re-encode the image or drop the sample in the converter") from exn

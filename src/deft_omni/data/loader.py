@@ -4,7 +4,7 @@ Per DataLoader worker the training stream is:
 shards of each set (shared among ranks x workers: by shard, by sample for small sets, or
 resampled; see :mod:`.sources`) -> tar samples, checked against the manifest
 (:mod:`.shard_reader`) -> sample shuffle buffer -> repeat -> weighted mix of the sets ->
-parse (schema) -> process (processor) -> bucket by output size -> batches.  One DataLoader,
+parse (schema) -> process (processor) -> bucket by output size and kind -> batches.  One DataLoader,
 with persistent workers, serves the loader's whole life (workers start once, not per
 epoch); each epoch stops after exactly ``epoch_length_batches`` batches on every rank, so
 DDP ranks never wait for one another at an epoch end.
@@ -62,20 +62,21 @@ def _mix(streams: Sequence[Iterator[Any]], weights: Sequence[float], rng: random
 def _bucketize(items: Iterable[ProcessedSample], batch_size: int,
                collate: Callable[[list[ProcessedSample]], dict[str, Any]], max_pending: int,
                flush_at_end: bool) -> Iterator[dict[str, Any]]:
-    """Group samples by output size; emit a bucket when it holds batch_size samples.
+    """Group samples by output size (and by kind: pixels or cached latents); emit a bucket when it
+    holds batch_size samples.
 
     If more than max_pending samples wait in unfilled buckets (many rare sizes), the
     fullest bucket goes out as a smaller batch rather than holding memory indefinitely.
     """
-    buckets: OrderedDict[tuple[int, int], list[ProcessedSample]] = OrderedDict()
+    buckets: OrderedDict[tuple[tuple[int, int], bool], list[ProcessedSample]] = OrderedDict()
     pending = 0
     for item in items:
-        size = item.output_size
-        bucket = buckets.setdefault(size, [])
+        group = item.output_size, item.is_cached
+        bucket = buckets.setdefault(group, [])
         bucket.append(item)
         pending += 1
         if len(bucket) >= batch_size:
-            pending -= len(buckets.pop(size))
+            pending -= len(buckets.pop(group))
             yield collate(bucket)
         elif pending > max_pending:
             fullest = max(buckets, key=lambda s: len(buckets[s]))

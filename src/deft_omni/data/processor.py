@@ -13,14 +13,16 @@ Images are first downscaled (never upscaled) so the longer side is at most
 multiple of ``size_multiple`` (a crop loses < 16 px per side, a resize would distort the
 aspect).  With ``bucket_sizes`` the output image instead goes to the listed (H, W) with
 the closest aspect ratio: scaled to cover it, then centre-cropped.
+
+A sample with cached latents (``Sample.latents``, see :mod:`.cached_latents`) becomes its stored
+posteriors instead of pixel tensors, after a check that they were made with this fitting; the
+token counts come from the fitted sizes they record, and no pixel is decoded.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,12 +30,16 @@ import torch
 from PIL import Image
 
 from ..core.seeding import derive_seed
-from .schema import Sample, SampleError, check_image_tags, to_rgb
+# The batch side (ProcessedSample, collate): importers of the processor find it here too.
+from .batch import PIXELS_PER_TOKEN, ProcessedSample, build_attention_mask, collate_processed, num_image_tokens  # noqa: F401
+# Image fitting: importers of the processor find it here too.
+from .cached_latents import check_record_fitting
+from .fitting import fit_geometry, fit_image  # noqa: F401
+from .schema import Sample, SampleError, check_image_tags
 
 PROMPT_PREFIX = "<|user|>\nGenerate an image according to the following instructions\n"
 PROMPT_SUFFIX = "<|end|>\n<|assistant|>\n<|diffusion|>"
 CFG_INSTRUCTION = "<cfg>"
-PIXELS_PER_TOKEN = 16  # VAE 8x downsampling times the 2x2 latent patch.
 _SPLIT_RE = re.compile(r"<\|image_\d+\|>")
 
 
@@ -42,77 +48,11 @@ def prompt_for(instruction: str) -> str:
     return PROMPT_PREFIX + instruction + PROMPT_SUFFIX
 
 
-def num_image_tokens(height: int, width: int) -> int:
-    return (height // PIXELS_PER_TOKEN) * (width // PIXELS_PER_TOKEN)
-
-
-@dataclass
-class ProcessedSample:
-    """One sample ready for :meth:`OmniGenTrainProcessor.collate` (unpadded)."""
-
-    key: str
-    input_ids: list[int]
-    image_spans: list[tuple[int, int]]  # [start, end) of each placeholder run in input_ids
-    input_images: list[torch.Tensor]  # (3, H, W) in [-1, 1], one per span, same order
-    output_image: torch.Tensor  # (3, H, W) in [-1, 1]
-    task: str = ""
-    loss_weight: float = 1.0
-    is_prior: bool = False
-    cfg_dropped: bool = False
-    url: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # conditioner name -> vector (see .conditioning)
-    output_mask: torch.Tensor | None = None  # (1, H, W) in [0, 1], 1 = foreground (the loss may ignore the rest)
-
-    @property
-    def output_size(self) -> tuple[int, int]:
-        return int(self.output_image.shape[-2]), int(self.output_image.shape[-1])
-
-
 def image_to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float32 (3, H, W) in [-1, 1] (numpy only: no torchvision)."""
     arr = np.asarray(img, dtype=np.uint8).astype(np.float32)
     arr = arr / 127.5 - 1.0
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-
-
-def _centre_crop(img: Image.Image, width: int, height: int) -> Image.Image:
-    left, top = (img.width - width) // 2, (img.height - height) // 2
-    return img.crop((left, top, left + width, top + height))
-
-
-def fit_geometry(width: int, height: int, max_side: int, multiple: int = 16,
-                 bucket_sizes: Sequence[tuple[int, int]] | None = None
-                 ) -> tuple[tuple[int, int] | None, tuple[int, int]]:
-    """(size to resize to or None, (crop width, crop height)) of :func:`fit_image`, from sizes only."""
-    w, h = width, height
-    if bucket_sizes:
-        aspect = math.log(w / h)
-        bh, bw = min(bucket_sizes, key=lambda s: (abs(math.log(s[1] / s[0]) - aspect), -s[0] * s[1]))
-        scale = max(bw / w, bh / h)
-        size = (max(bw, math.ceil(w * scale)), max(bh, math.ceil(h * scale)))
-        return (size if size != (w, h) else None), (bw, bh)
-    resize = None
-    if max(w, h) > max_side:
-        scale = max_side / max(w, h)
-        resize = (max(1, round(w * scale)), max(1, round(h * scale)))
-        w, h = resize
-    cw, ch = (w // multiple) * multiple, (h // multiple) * multiple
-    if cw == 0 or ch == 0:
-        raise ValueError(f"image of {w}x{h} px (after fitting to max side {max_side}) has a side "
-                         f"below {multiple} px")
-    return resize, (cw, ch)
-
-
-def fit_image(img: Image.Image, max_side: int, multiple: int = 16,
-              bucket_sizes: Sequence[tuple[int, int]] | None = None, *, mask: bool = False) -> Image.Image:
-    """Resize/crop as described in the module docstring; returns an RGB image (``mask``: the same
-    geometry for a single-channel mask, resized with box averaging so soft edges stay soft)."""
-    img = img.convert("L") if mask else to_rgb(img)
-    resize, (cw, ch) = fit_geometry(img.width, img.height, max_side, multiple, bucket_sizes)
-    if resize is not None:
-        img = img.resize(resize, Image.Resampling.BOX if mask else Image.Resampling.BICUBIC)
-    return _centre_crop(img, cw, ch) if (cw, ch) != img.size else img
 
 
 class OmniGenTrainProcessor:
@@ -230,10 +170,22 @@ class OmniGenTrainProcessor:
             instruction = instruction + suffix
             if vec is not None:
                 extras[conditioner.name] = vec
-        input_tensors = [self.prepare_image(img, key=key, url=url, name=f"input_{k}")
-                         for k, img in enumerate(inputs, start=1)]
-        ids, spans = self.tokenize(instruction, [tuple(t.shape[-2:]) for t in input_tensors], key=key, url=url)
-        output = self.prepare_image(sample.output, bucket_sizes=buckets, key=key, url=url, name="output")
+        record = getattr(sample, "latents", None)
+        latents: dict[str, Any] = {}
+        if record is not None:  # the VAE's posteriors of exactly the fitted images: no pixel is decoded
+            check_record_fitting(record, self.max_image_side, self.size_multiple, buckets, key=key, url=url)
+            slots = [record.slots[f"input_{k}"] for k in range(1, len(inputs) + 1)]
+            input_tensors, output = [], None
+            input_sizes = [slot.pixel_size for slot in slots]
+            latents = {"output_latent": record.slots["output"].posterior(), "latent_vae": record.vae,
+                       "input_latents": [slot.posterior() for slot in slots],
+                       "latent_pixel_size": record.slots["output"].pixel_size}
+        else:
+            input_tensors = [self.prepare_image(img, key=key, url=url, name=f"input_{k}")
+                             for k, img in enumerate(inputs, start=1)]
+            input_sizes = [tuple(t.shape[-2:]) for t in input_tensors]
+            output = self.prepare_image(sample.output, bucket_sizes=buckets, key=key, url=url, name="output")
+        ids, spans = self.tokenize(instruction, input_sizes, key=key, url=url)
         mask = None
         if getattr(sample, "output_mask", None) is not None:
             fitted = fit_image(sample.output_mask, self.max_image_side, self.size_multiple, buckets, mask=True)
@@ -243,114 +195,10 @@ class OmniGenTrainProcessor:
                                output_image=output, task=sample.task,
                                loss_weight=self.prior_loss_weight if prior else 1.0, is_prior=prior,
                                cfg_dropped=dropped, url=url, meta=dict(sample.meta), extras=extras,
-                               output_mask=mask)
+                               output_mask=mask, **latents)
 
     # ---------------------------------------------------------------------- batch
 
     def collate(self, items: Sequence[ProcessedSample]) -> dict[str, Any]:
         """Batch samples of one output size; see :func:`collate_processed`."""
         return collate_processed(items, pad_id=self.pad_id, mask_dtype=self.mask_dtype)
-
-
-def build_attention_mask(padding: Sequence[int], spans: Sequence[Sequence[tuple[int, int]]],
-                         text_len: int, n_out: int, dtype: torch.dtype = torch.float32,
-                         device: torch.device | str | None = None) -> torch.Tensor:
-    """The (B, S, S) 0/1 mask, S = text_len + 1 + n_out; ``spans`` in unpadded coordinates.
-
-    Rows are queries, columns keys.  Text and time rows: causal over the non-pad text
-    and the time token, blind to output-image columns.  Output-image rows: every non-pad
-    column.  Each input-image span: a bidirectional block.  Pad columns: 0 for real rows.
-    Pad rows see only themselves: a row of zeros would turn into a row of equal scores
-    (fp32) or, where min+score overflows (fp16), -inf everywhere and NaN out of SDPA.
-    """
-    batch, seq = len(padding), text_len + 1 + n_out
-    mask = torch.zeros(batch, seq, seq, dtype=dtype, device=device)
-    for b, pad in enumerate(padding):
-        n_causal = text_len + 1 - pad
-        mask[b, pad:text_len + 1, pad:text_len + 1] = torch.tril(
-            torch.ones(n_causal, n_causal, dtype=dtype, device=device))
-        mask[b, text_len + 1:, pad:] = 1
-        for start, end in spans[b]:
-            mask[b, pad + start:pad + end, pad + start:pad + end] = 1
-        idx = torch.arange(pad, device=device)
-        mask[b, idx, idx] = 1
-    return mask
-
-
-def collate_processed(items: Sequence[ProcessedSample], pad_id: int = 0,
-                      mask_dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """Batch processed samples for ``OmniGenTransformer2DModel.forward``.
-
-    diffusers computes RoPE from sample 0's position ids only, so the batch is reordered
-    longest text first: that sample has no padding, its positions are 0..S-1, and every
-    other sample's real tokens are just shifted by a constant, which RoPE ignores.
-    (One coupling remains in diffusers: it picks the long-context RoPE factors when the
-    batch's largest position id reaches ``original_max_position_embeddings`` (4096), so a
-    short sample batched with one longer than that is rotated with the long factors.)
-    ``order[i]`` is the index in ``items`` of batch row i.
-
-    Keys (B samples, L text tokens, S = L + 1 + N, N = (H/16)(W/16) output tokens):
-    ``input_ids`` (B, L) long; ``attention_mask`` (B, S, S) 0/1; ``position_ids`` (B, S)
-    long; ``input_images`` list of (1, 3, h, w) pixel tensors in batch order (encode each
-    with the VAE to get diffusers' ``input_img_latents``); ``input_image_sizes``
-    {b: [[start, end], ...]} in sequence coordinates, only for rows with images, in
-    ascending b (diffusers consumes the flat list in that order); ``output_images``
-    (B, 3, H, W); ``loss_weight`` (B,) float; ``is_prior``, ``cfg_dropped`` (B,) bool;
-    ``padding``, ``text_lengths`` (B,) long; ``order`` (B,) long; ``keys``, ``tasks`` lists;
-    ``output_size`` (H, W); ``num_output_tokens`` N.  For each conditioner vector some item has
-    (``extras``): ``<name>`` (B, width) float (zeros for rows without) and ``has_<name>`` (B,) bool.
-    """
-    if not items:
-        raise ValueError("cannot collate an empty batch")
-    sizes = {it.output_size for it in items}
-    if len(sizes) != 1:
-        raise ValueError(f"a batch must share one output size (diffusers takes one latent tensor); "
-                         f"got {sorted(sizes)} for keys {[it.key for it in items]}: bucket by size first")
-    height, width = sizes.pop()
-    # Stable sort: equal lengths keep their incoming order, so collation is deterministic.
-    order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids))
-    ordered = [items[i] for i in order]
-    text_len = max(len(it.input_ids) for it in ordered)
-    n_out = num_image_tokens(height, width)
-    seq = text_len + 1 + n_out
-    padding = [text_len - len(it.input_ids) for it in ordered]
-
-    input_ids = torch.full((len(ordered), text_len), pad_id, dtype=torch.long)
-    position_ids = torch.zeros(len(ordered), seq, dtype=torch.long)
-    input_images: list[torch.Tensor] = []
-    input_image_sizes: dict[int, list[list[int]]] = {}
-    for b, (it, pad) in enumerate(zip(ordered, padding)):
-        input_ids[b, pad:] = torch.tensor(it.input_ids, dtype=torch.long)
-        position_ids[b, pad:] = torch.arange(seq - pad)
-        if it.image_spans:
-            input_image_sizes[b] = [[pad + s, pad + e] for s, e in it.image_spans]
-            input_images.extend(img.unsqueeze(0) for img in it.input_images)
-    batch = {
-        "input_ids": input_ids,
-        "attention_mask": build_attention_mask(padding, [it.image_spans for it in ordered], text_len,
-                                               n_out, dtype=mask_dtype),
-        "position_ids": position_ids,
-        "input_images": input_images,
-        "input_image_sizes": input_image_sizes,
-        "output_images": torch.stack([it.output_image for it in ordered]),
-        "loss_weight": torch.tensor([it.loss_weight for it in ordered], dtype=torch.float32),
-        "is_prior": torch.tensor([it.is_prior for it in ordered], dtype=torch.bool),
-        "cfg_dropped": torch.tensor([it.cfg_dropped for it in ordered], dtype=torch.bool),
-        "padding": torch.tensor(padding, dtype=torch.long),
-        "text_lengths": torch.tensor([len(it.input_ids) for it in ordered], dtype=torch.long),
-        "order": torch.tensor(order, dtype=torch.long),
-        "keys": [it.key for it in ordered],
-        "tasks": [it.task for it in ordered],
-        "output_size": (height, width),
-        "num_output_tokens": n_out,
-    }
-    if any(it.output_mask is not None for it in ordered):
-        # Rows without a mask weigh every pixel: an all-ones mask.
-        batch["output_masks"] = torch.stack([it.output_mask if it.output_mask is not None else
-                                             torch.ones(1, height, width) for it in ordered])
-    for name in sorted({n for it in ordered for n in it.extras}):
-        width = next(it.extras[name].numel() for it in ordered if name in it.extras)
-        batch[name] = torch.stack([it.extras[name].float().reshape(width) if name in it.extras
-                                   else torch.zeros(width) for it in ordered])
-        batch[f"has_{name}"] = torch.tensor([name in it.extras for it in ordered], dtype=torch.bool)
-    return batch

@@ -17,6 +17,10 @@ A shard is a webdataset tar.  One sample is a group of tar members sharing a key
     loss weights the output's pixels by it.  Never empty; a full mask is allowed (it weights
     as no mask would) but warned about.
 
+``<key>.latents.safetensors``, ``<key>.output_thumb.<ext>``, ``<key>.input_<k>_thumb.<ext>``
+    Cached latents (optional), with thumbnails in place of the images when the pixels were
+    dropped: see :mod:`.cached_latents`.
+
 webdataset splits a member name at the *first* dot of its base name, so keys must not
 contain dots (the extensions may).  Beside the shards lies ``manifest.json`` (see
 :func:`write_manifest`), which records sample counts so that loaders can size epochs
@@ -28,14 +32,16 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
-from ..core.atomic import write_json
+from .cached_latents import LATENTS_MEMBER, LatentRecord, cached_images, decode_record
 from .errors import ManifestError, SampleError
+# The manifest's names and functions: importers of schema find them here too.
+from .manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, read_manifest, write_manifest  # noqa: F401
 # to_rgb: the processor and the converters import it from here.
 from .images import (  # noqa: F401 - to_rgb
     LFS_FIX,
@@ -57,9 +63,6 @@ OUTPUT_MASK_MEMBER = f"{OUTPUT_MASK_FIELD}.png"
 INPUT_FIELD_RE = re.compile(r"^input_(\d+)\.([a-z0-9]+)$")
 IMAGE_TAG_RE = re.compile(r"<\|image_(\d+)\|>")
 KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+(?:/[A-Za-z0-9_\-]+)*$")
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "deft_omni.shards"
-MANIFEST_VERSION = 1
 
 
 # --------------------------------------------------------------------------- tags
@@ -144,7 +147,8 @@ def _check_camera(camera: Any, key: str | None, url: str | None) -> dict[str, fl
 
 @dataclass
 class Sample:
-    """One parsed shard sample (images decoded with PIL, not yet resized)."""
+    """One parsed shard sample (images decoded with PIL, not yet resized; with cached latents they are
+    opened, decoded on first use, or only thumbnails: see ``thumbnails``)."""
 
     key: str
     instruction: str
@@ -155,7 +159,19 @@ class Sample:
     camera: dict[str, float] | None = None
     is_prior: bool = False
     url: str | None = None
-    output_mask: Image.Image | None = None  # mode 'L', the output's size, 255 = foreground
+    output_mask: Image.Image | None = None  # mode 'L', the output's stored size, 255 = foreground
+    latents: LatentRecord | None = None  # the cached VAE posteriors (.cached_latents), if the shard has them
+    thumbnails: bool = False  # output and inputs are thumbnails: the pixels were dropped for the latents
+
+    def stored_size_images(self) -> tuple[Image.Image, list[Image.Image]]:
+        """(output, inputs) at their stored sizes: the images, or, when the pixels were dropped, their
+        thumbnails enlarged to those sizes (blurred previews, for sample grids)."""
+        if not self.thumbnails or self.latents is None:
+            return self.output, list(self.inputs)
+        slots = self.latents.slots
+        grown = [img.resize(slots[name].stored, Image.Resampling.BICUBIC)
+                 for name, img in zip(slots, [self.output, *self.inputs])]
+        return grown[0], grown[1:]
 
 
 def parse_sample(raw: Mapping[str, Any]) -> Sample:
@@ -187,9 +203,12 @@ def parse_sample(raw: Mapping[str, Any]) -> Sample:
     if camera is not None:
         camera = _check_camera(camera, key, url)
 
+    record = None
+    if raw.get(LATENTS_MEMBER) is not None:
+        record = decode_record(raw[LATENTS_MEMBER], key=key, url=url)
     outputs = [name for name in raw if name.split(".", 1)[0] == OUTPUT_FIELD]
     outputs = [name for name in outputs if name.split(".", 1)[-1] in IMAGE_EXTS]
-    if len(outputs) != 1:
+    if len(outputs) != 1 and (record is None or outputs):
         raise SampleError(f"expected exactly one output.<{'|'.join(IMAGE_EXTS)}>, found {outputs}",
                           key=key, url=url, field="output",
                           fix="every sample needs one target image stored as output.<ext>")
@@ -207,84 +226,23 @@ def parse_sample(raw: Mapping[str, Any]) -> Sample:
         raise SampleError(f"input images {sorted(inputs)} are not numbered 1..n",
                           key=key, url=url, field="input_<k>",
                           fix="store input images as input_1.<ext>, input_2.<ext>, ...")
-    check_image_tags(instruction, len(inputs), key=key, url=url)
-    output = decode_image(raw[outputs[0]], key, url, outputs[0])
+    check_image_tags(instruction, len(record.input_names) if record else len(inputs), key=key, url=url)
+    if record is not None:
+        members = {"output": outputs[0], **{f"input_{k}": n for k, n in inputs.items()}} if outputs else {}
+        images, has_pixels = cached_images(raw, record, members, key=key, url=url)
+        output, input_images = images["output"], [images[n] for n in record.input_names]
+        output_size = record.slots["output"].stored
+    else:
+        output, has_pixels = decode_image(raw[outputs[0]], key, url, outputs[0]), True
+        input_images = [decode_image(raw[inputs[k]], key, url, inputs[k]) for k in sorted(inputs)]
+        output_size = output.size
     mask = raw.get(OUTPUT_MASK_MEMBER)
     if mask is not None:
-        mask = check_mask(decode_image(mask, key, url, OUTPUT_MASK_MEMBER), output.size, key=key, url=url,
+        mask = check_mask(decode_image(mask, key, url, OUTPUT_MASK_MEMBER), output_size, key=key, url=url,
                           name=OUTPUT_MASK_MEMBER)
-    return Sample(
-        key=key, instruction=instruction, task=task, output=output,
-        inputs=[decode_image(raw[inputs[k]], key, url, inputs[k]) for k in sorted(inputs)],
-        meta=dict(meta), camera=camera, is_prior=bool(meta_raw.get("prior", False)), url=url,
-        output_mask=mask)
-
-
-# ----------------------------------------------------------------------- manifest
-
-
-def write_manifest(directory: str, shards: Iterable[tuple[str, int]] | Iterable[Mapping[str, Any]],
-                   *, source: str, options: Mapping[str, Any] | None = None,
-                   skipped: Iterable[Mapping[str, Any]] = (), output_masks: int = 0) -> str:
-    """Write ``<directory>/manifest.json`` atomically (deft_omni.core.atomic: fsync, umask modes).
-
-    ``shards``: (file name relative to the directory, sample count) pairs or
-    ``{"file", "samples"}`` dicts; ``skipped``: ``{"key" or "file", "reason"}`` records of
-    what the converter dropped; ``output_masks``: how many samples carry an
-    ``output_mask.png`` (0: none; manifests written before masks existed lack the field).
-    Returns the manifest path.
-    """
-    entries = []
-    for item in shards:
-        name, count = (item["file"], item["samples"]) if isinstance(item, Mapping) else item
-        if os.path.isabs(name) or os.sep in os.path.normpath(name):
-            raise ManifestError(f"shard names must be file names relative to {directory}: {name!r}")
-        entries.append({"file": str(name), "samples": int(count)})
-    skipped_list = [dict(s) for s in skipped]
-    for rec in skipped_list:
-        if "reason" not in rec or not ({"key", "file"} & rec.keys()):
-            raise ManifestError(f"skipped records need 'key' or 'file' and 'reason': {rec}")
-    manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "shards": entries,
-                "total": sum(e["samples"] for e in entries), "source": str(source),
-                "options": dict(options or {}), "skipped": skipped_list, "output_masks": int(output_masks)}
-    if not 0 <= manifest["output_masks"] <= manifest["total"]:
-        raise ManifestError(f"output_masks {output_masks} is not between 0 and the total {manifest['total']}")
-    path = os.path.join(directory, MANIFEST_NAME)
-    write_json(path, manifest, indent=1, sort_keys=True)
-    return path
-
-
-def read_manifest(directory: str) -> dict[str, Any]:
-    """Read and check ``<directory>/manifest.json``; raises ManifestError / FileNotFoundError."""
-    path = os.path.join(directory, MANIFEST_NAME)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"no {MANIFEST_NAME} in {directory!r}: shard directories are written by the converters "
-            "(data_prep) or deft_omni.data.ShardSetWriter, which put the manifest beside the shards")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            manifest = json.load(fh)
-    except ValueError as exn:
-        raise ManifestError(f"{path} is not valid JSON ({exn}); re-run the converter") from exn
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ManifestError(f"{path} is not a deft_omni shard manifest (format != {MANIFEST_FORMAT!r})")
-    if manifest.get("version") != MANIFEST_VERSION:
-        raise ManifestError(f"{path} has version {manifest.get('version')!r}; this code reads "
-                            f"version {MANIFEST_VERSION}: re-run the converter")
-    for name in ("shards", "total", "source", "options", "skipped"):
-        if name not in manifest:
-            raise ManifestError(f"{path} lacks the field {name!r}; re-run the converter")
-    shards = manifest["shards"]
-    if not all(isinstance(s, dict) and isinstance(s.get("file"), str)
-               and isinstance(s.get("samples"), int) for s in shards):
-        raise ManifestError(f"{path}: every shard entry needs 'file' (str) and 'samples' (int)")
-    if sum(s["samples"] for s in shards) != manifest["total"]:
-        raise ManifestError(f"{path}: total {manifest['total']} != sum of shard counts")
-    masks = manifest.setdefault("output_masks", 0)
-    if not isinstance(masks, int) or not 0 <= masks <= manifest["total"]:
-        raise ManifestError(f"{path}: output_masks {masks!r} is not a count between 0 and the total; "
-                            "re-run the converter")
-    return manifest
+    return Sample(key=key, instruction=instruction, task=task, output=output, inputs=input_images, meta=dict(meta),
+                  camera=camera, is_prior=bool(meta_raw.get("prior", False)), url=url, output_mask=mask,
+                  latents=record, thumbnails=not has_pixels)
 
 
 class ShardSetWriter:

@@ -27,11 +27,12 @@ def prompts_from_shards(path: Any, n: int, max_image_side: int) -> list[SamplePr
         for raw in stream:
             try:
                 sample = parse_sample(raw)
-                output = fit_image(sample.output, max_image_side)
+                stored_output, inputs = sample.stored_size_images()  # thumbnails enlarged if pixels were dropped
+                output = fit_image(stored_output, max_image_side)
             except (SampleError, ValueError):
                 continue
             prompts.append(SamplePrompt(instruction=sample.instruction,
-                                        input_images=[im.convert("RGB") for im in sample.inputs],
+                                        input_images=[im.convert("RGB") for im in inputs],
                                         height=output.height, width=output.width, seed=len(prompts),
                                         reference=output))
             if len(prompts) == n:

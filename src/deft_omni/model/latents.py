@@ -5,8 +5,8 @@ z the posterior sample or mean.  The VAE is frozen and run in fp32 outside autoc
 
 :class:`LatentEncoder` optionally caches the posterior (mean, std) per (sample key, image slot,
 size) in memory: with the cache on, ``"sample"`` still draws fresh posterior noise every step.
-It is unbounded, so it suits small data sets only; shards with stored latents are the scalable
-way (``data_prep.encode_latents``).
+It is unbounded and lives in one process, so it suits small data sets only; shards with stored
+latents are the scalable way (``python -m deft_omni.encode_latents``, docs/data.md).
 """
 
 from __future__ import annotations
@@ -82,9 +82,10 @@ class LatentEncoder:
     def encode(self, vae: nn.Module, pixels: torch.Tensor, mode: str = "mean",
                generator: Optional[torch.Generator] = None,
                cache_keys: Optional[Sequence[tuple]] = None) -> torch.Tensor:
-        """Scaled fp32 latents of a (N, 3, H, W) pixel batch in [-1, 1]."""
+        """Scaled fp32 latents of a (N, 3, H, W) pixel batch in [-1, 1], on the pixels' device (the
+        VAE may live elsewhere: a run on cached latents keeps it on the CPU for its grids)."""
         mean, std = self.posterior(vae, pixels, cache_keys)
-        return scale_latents(vae, draw_latent(mean, std, mode, generator))
+        return scale_latents(vae, draw_latent(mean, std, mode, generator)).to(pixels.device)
 
 
 def draw_latent(mean: torch.Tensor, std: torch.Tensor, mode: str,

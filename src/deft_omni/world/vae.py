@@ -1,0 +1,152 @@
+"""The world's VAE: diffusers' ``AutoencoderKL`` (8x down, 4 latent channels, as SDXL's), its
+loss, its training images and its latent scale.
+
+Loss = object-weighted MSE + edge term + KL.  World images are mostly background: under a
+plain MSE the object (a few % of the pixels) barely counts and colours collapse.  Pixels that
+differ from the image's background (its per-channel median) weigh ``object_weight`` times
+more; the edge term (L1 between the finite differences of input and reconstruction, same
+weights) asks for sharp outlines, which is what tells a small square from a small circle.
+The KL weight is tiny: the latent must keep shape detail; its scale is fixed afterwards by
+:func:`calibrate_scaling` (latents of unit variance, as the transformer expects).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+
+from ..core.seeding import derive_seed
+from .render import render_array
+from .spec import Geometry
+from .tasks import sample_scene
+
+
+@dataclass
+class WorldVAEConfig:
+    """Architecture and training recipe of the world VAE."""
+
+    block_out_channels: tuple[int, ...] = (16, 32, 64, 64)  # 4 blocks: three 2x downsamplers = 8x
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+    latent_channels: int = 4
+    steps: int = 1500  # optimiser steps
+    batch_size: int = 16
+    lr: float = 2e-3  # AdamW peak; linear warm-up then cosine decay to lr_min_ratio * lr
+    lr_min_ratio: float = 0.05
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    object_weight: float = 5.0  # loss weight of pixels that differ from the background
+    edge_weight: float = 1.0  # weight of the finite-difference (edge) L1 term
+    kl_weight: float = 1e-6
+    two_object_fraction: float = 0.5  # share of training renders with two objects
+    seed: int = 0
+    geometry: Geometry = field(default_factory=Geometry)
+
+    def __post_init__(self) -> None:
+        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
+        if len(self.block_out_channels) != 4:
+            raise ValueError("WorldVAEConfig.block_out_channels needs 4 entries (8x downsampling, as SDXL's VAE)")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"WorldVAEConfig: every block width must be a multiple of norm_num_groups="
+                             f"{self.norm_num_groups}, got {self.block_out_channels}")
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("WorldVAEConfig: steps, batch_size and lr must be positive")
+        if self.object_weight < 1 or self.edge_weight < 0 or self.kl_weight < 0:
+            raise ValueError("WorldVAEConfig: need object_weight >= 1, edge_weight >= 0, kl_weight >= 0")
+        if isinstance(self.geometry, dict):
+            self.geometry = Geometry(**self.geometry)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def vae_config(cfg: WorldVAEConfig) -> dict:
+    """The ``AutoencoderKL`` constructor arguments (``scaling_factor`` set later by calibration)."""
+    return {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
+            "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": list(cfg.block_out_channels),
+            "layers_per_block": cfg.layers_per_block, "norm_num_groups": cfg.norm_num_groups,
+            "latent_channels": cfg.latent_channels, "sample_size": cfg.geometry.image_size,
+            # Global attention at 12x12 buys nothing for these scenes and costs CPU time.
+            "mid_block_add_attention": False, "scaling_factor": 1.0}
+
+
+def build_world_vae(cfg: WorldVAEConfig) -> AutoencoderKL:
+    """A random-init world VAE; the same config and seed give the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed("world-vae-init", cfg.seed))
+        return AutoencoderKL(**vae_config(cfg))
+
+
+# --------------------------------------------------------------------------------- images
+def render_batch(seed: int, step: int, batch_size: int, geometry: Geometry,
+                 two_object_fraction: float = 0.5) -> torch.Tensor:
+    """(B, 3, S, S) renders in [-1, 1] of seen scenes; a pure function of (seed, step)."""
+    images = []
+    for i in range(batch_size):
+        rng = np.random.default_rng(derive_seed("world-vae-data", int(seed), int(step), i))
+        scene = sample_scene(rng, 2 if rng.random() < two_object_fraction else 1, geometry, "seen")
+        images.append(render_array(scene, geometry))
+    arr = np.stack(images).transpose(0, 3, 1, 2) / 127.5 - 1.0
+    return torch.from_numpy(arr.astype(np.float32))
+
+
+def object_weights(x: torch.Tensor, object_weight: float, tol: float = 0.08) -> torch.Tensor:
+    """(B, 1, H, W): ``object_weight`` where a pixel differs from its image's median colour
+    (by more than ``tol`` in [-1, 1] units, any channel, or next to such a pixel), else 1."""
+    bg = x.flatten(2).median(dim=2).values[:, :, None, None]
+    obj = ((x - bg).abs().amax(dim=1, keepdim=True) > tol).float()
+    obj = torch.nn.functional.max_pool2d(obj, 3, stride=1, padding=1)  # include the rim
+    return 1.0 + (object_weight - 1.0) * obj
+
+
+def _edges(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+
+
+def vae_loss(vae: AutoencoderKL, x: torch.Tensor, cfg: WorldVAEConfig,
+             generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """{"loss", "recon", "edge", "kl"} of one batch (posterior sampled with ``generator``)."""
+    posterior = vae.encode(x).latent_dist
+    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator,
+                                                     dtype=posterior.mean.dtype, device=posterior.mean.device)
+    recon = vae.decode(z).sample
+    w = object_weights(x, cfg.object_weight)
+    mse = (w * (recon - x).pow(2)).sum() / (w.sum() * x.shape[1])
+    (rx, ry), (tx, ty) = _edges(recon), _edges(x)
+    wx, wy = torch.maximum(w[..., :, 1:], w[..., :, :-1]), torch.maximum(w[..., 1:, :], w[..., :-1, :])
+    edge = ((wx * (rx - tx).abs()).sum() / (wx.sum() * 3) + (wy * (ry - ty).abs()).sum() / (wy.sum() * 3)) / 2
+    kl = posterior.kl().mean() / z[0].numel()
+    loss = mse + cfg.edge_weight * edge + cfg.kl_weight * kl
+    return {"loss": loss, "recon": mse.detach(), "edge": edge.detach(), "kl": kl.detach()}
+
+
+# ------------------------------------------------------------------------------ latents
+@torch.no_grad()
+def encode_mean(vae: AutoencoderKL, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Unscaled posterior means of (N, 3, S, S) images in [-1, 1]."""
+    return torch.cat([vae.encode(x[i:i + batch_size]).latent_dist.mean for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def calibrate_scaling(vae: AutoencoderKL, x: torch.Tensor) -> float:
+    """Set ``vae.config.scaling_factor`` so scaled latents of ``x`` have unit std; returns it."""
+    z = encode_mean(vae, x)
+    factor = float(1.0 / z.std().clamp_min(1e-6))
+    vae.register_to_config(scaling_factor=factor)
+    return factor
+
+
+@torch.no_grad()
+def roundtrip(vae: AutoencoderKL, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Decode(encode-mean(x)), clamped to [-1, 1]."""
+    out = [vae.decode(vae.encode(x[i:i + batch_size]).latent_dist.mean).sample.clamp(-1, 1)
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out)
+
+
+def to_uint8_images(x: torch.Tensor) -> np.ndarray:
+    """(N, 3, S, S) in [-1, 1] -> (N, S, S, 3) uint8, as the judge reads them."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()

@@ -45,6 +45,7 @@ class JudgeConfig:
     max_area_frac: float = 2.5  # largest object: this multiple of a large object's area
     shift: float = 0.5  # reference renders are also tried this many px off the centroid
     shapes: tuple[str, ...] = SHAPES  # candidate shapes (add "star" to read the concept)
+    blurs: tuple[float, ...] = (1.5, 2.5)  # references are also tried blurred by these sigmas (px)
 
     def __post_init__(self) -> None:
         if self.threshold <= 0 or not 0 < self.min_area_frac < 1 < self.max_area_frac:
@@ -104,19 +105,21 @@ def _centroid_offset(shape: str) -> tuple[float, float]:
     return float((cov * xs).sum() / m - size / 2) / r, float((cov * ys).sum() / m - size / 2) / r
 
 
-def _window(alpha: np.ndarray, radius: float) -> tuple[int, int, int, int]:
+def _window(alpha: np.ndarray, radius: float, blur: float = 0.0) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1) around the alpha's support, with room for a reference that sticks out."""
     height, width = alpha.shape
     ys, xs = np.nonzero(alpha > 0.02)
-    pad = int(0.5 * radius) + 2
+    pad = int(0.5 * radius + 2 * blur) + 2
     return (max(0, ys.min() - pad), min(height, ys.max() + pad + 1),
             max(0, xs.min() - pad), min(width, xs.max() + pad + 1))
 
 
 def shape_ious(alpha: np.ndarray, centroid: tuple[float, float], shape: str, radius: float, shift: float,
-               box: tuple[int, int, int, int] | None = None, supersample: int = 2) -> np.ndarray:
+               box: tuple[int, int, int, int] | None = None, supersample: int = 2,
+               blurs: tuple[float, ...] = ()) -> np.ndarray:
     """Soft IoUs (sum of minima / sum of maxima) of the alpha with a reference render of ``shape``
-    whose centroid sits on ``centroid``, shifted by each of {-shift, 0, +shift}^2 px."""
+    whose centroid sits on ``centroid``, shifted by each of {-shift, 0, +shift}^2 px, sharp and
+    blurred by each Gaussian sigma of ``blurs`` (px)."""
     y0, y1, x0, x1 = box or _window(alpha, radius)
     window = alpha[y0:y1, x0:x1]
     grid = (-shift, 0.0, shift) if shift else (0.0,)
@@ -132,17 +135,19 @@ def shape_ious(alpha: np.ndarray, centroid: tuple[float, float], shape: str, rad
     u, v = np.broadcast_arrays(u, v)
     refs = pool_supersamples(inside_unit_shape(shape, u, v).reshape(
         len(shifts), y1 - y0, supersample, x1 - x0, supersample))
+    if blurs:
+        refs = np.concatenate([refs] + [np.stack([cv2.GaussianBlur(r, (0, 0), b) for r in refs]) for b in blurs if b > 0])
     return np.minimum(refs, window).sum(axis=(1, 2)) / np.maximum(np.maximum(refs, window).sum(axis=(1, 2)), 1e-9)
 
 
 def read_shape(alpha: np.ndarray, area: float, centroid: tuple[float, float], cfg: JudgeConfig) -> tuple[str, float]:
     """(best shape, its soft IoU): references rendered at the measured area, on the centroid."""
     radius = math.sqrt(max(area, 1.0) / math.pi)
-    box = _window(alpha, radius)
+    box = _window(alpha, radius, max(cfg.blurs, default=0.0))
     best, best_iou = cfg.shapes[0], -1.0
     for shape in cfg.shapes:
         # Strictly better only: candidates are tried in a fixed order, so ties resolve the same way.
-        iou = float(shape_ious(alpha, centroid, shape, radius, cfg.shift, box).max())
+        iou = float(shape_ious(alpha, centroid, shape, radius, cfg.shift, box, blurs=cfg.blurs).max())
         if iou > best_iou + 1e-9:
             best, best_iou = shape, iou
     return best, best_iou

@@ -10,6 +10,7 @@ spec (no PIL rasteriser rounding).  Shapes are placed by the centre of their bou
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -127,10 +128,16 @@ def object_coverage(obj: ObjectSpec, geometry: Geometry) -> np.ndarray:
 
 def render_array(scene: SceneSpec, geometry: Geometry = Geometry()) -> np.ndarray:
     """(S, S, 3) float32 RGB in [0, 255] of a scene."""
+    return render_objects(scene.objects, scene.background, geometry)
+
+
+def render_objects(objects: Sequence[ObjectSpec], background: str, geometry: Geometry = Geometry()) -> np.ndarray:
+    """(S, S, 3) float32 RGB of any objects on a background (scenes hold at most two; the VAE
+    also trains on busier images)."""
     size = geometry.image_size
     img = np.empty((size, size, 3), dtype=np.float32)
-    img[:] = np.asarray(BACKGROUNDS[scene.background], dtype=np.float32)
-    for obj in scene.objects:
+    img[:] = np.asarray(BACKGROUNDS[background], dtype=np.float32)
+    for obj in objects:
         cov = object_coverage(obj, geometry)[..., None]
         img = img * (1.0 - cov) + np.asarray(COLOURS[obj.colour], dtype=np.float32) * cov
     return img

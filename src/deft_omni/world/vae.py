@@ -1,8 +1,8 @@
 """The world's VAE: diffusers' ``AutoencoderKL`` (8x down, 4 latent channels, as SDXL's), its
 loss, its training images and its latent scale.
 
-Loss = object-weighted MSE + edge term + KL.  World images are mostly background: under a
-plain MSE the object (a few % of the pixels) barely counts and colours collapse.  Pixels that
+Loss = object-weighted L1 (or MSE) + edge term + KL.  World images are mostly background: under a
+plain pixel loss the object (a few % of the pixels) barely counts and colours collapse.  Pixels that
 differ from the image's background (its per-channel median) weigh ``object_weight`` times
 more; the edge term (L1 between the finite differences of input and reconstruction, same
 weights) asks for sharp outlines, which is what tells a small square from a small circle.
@@ -19,9 +19,9 @@ import torch
 from diffusers import AutoencoderKL
 
 from ..core.seeding import derive_seed
-from .render import render_array
-from .spec import Geometry
-from .tasks import sample_scene
+from .render import render_objects
+from .spec import BACKGROUNDS, GRID, Geometry, cells_apart
+from .tasks import sample_object
 
 
 @dataclass
@@ -32,16 +32,18 @@ class WorldVAEConfig:
     layers_per_block: int = 1
     norm_num_groups: int = 8
     latent_channels: int = 4
+    zero_init_residual: bool = True  # resnet blocks start as identities (see build_world_vae)
     steps: int = 1500  # optimiser steps
     batch_size: int = 16
     lr: float = 2e-3  # AdamW peak; linear warm-up then cosine decay to lr_min_ratio * lr
     lr_min_ratio: float = 0.05
     warmup_steps: int = 50
     weight_decay: float = 0.0
+    recon: str = "l1"  # "l1" (crisp flat colours) or "mse" reconstruction term
     object_weight: float = 5.0  # loss weight of pixels that differ from the background
     edge_weight: float = 1.0  # weight of the finite-difference (edge) L1 term
     kl_weight: float = 1e-6
-    two_object_fraction: float = 0.5  # share of training renders with two objects
+    max_objects: int = 9  # training renders hold 1..max_objects objects (uniform draw per image)
     seed: int = 0
     geometry: Geometry = field(default_factory=Geometry)
 
@@ -54,6 +56,10 @@ class WorldVAEConfig:
                              f"{self.norm_num_groups}, got {self.block_out_channels}")
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("WorldVAEConfig: steps, batch_size and lr must be positive")
+        if not 1 <= self.max_objects <= GRID * GRID:
+            raise ValueError(f"WorldVAEConfig.max_objects={self.max_objects}: choose 1..{GRID * GRID} (one per cell)")
+        if self.recon not in ("l1", "mse"):
+            raise ValueError(f"WorldVAEConfig.recon={self.recon!r}; choose 'l1' or 'mse'")
         if self.object_weight < 1 or self.edge_weight < 0 or self.kl_weight < 0:
             raise ValueError("WorldVAEConfig: need object_weight >= 1, edge_weight >= 0, kl_weight >= 0")
         if isinstance(self.geometry, dict):
@@ -74,21 +80,41 @@ def vae_config(cfg: WorldVAEConfig) -> dict:
 
 
 def build_world_vae(cfg: WorldVAEConfig) -> AutoencoderKL:
-    """A random-init world VAE; the same config and seed give the same weights."""
+    """A random-init world VAE; the same config and seed give the same weights.
+
+    With ``zero_init_residual`` the last conv of every resnet block starts at zero, so each
+    block starts as its shortcut (Goyal et al. 2017; Fixup): a short schedule then trains a
+    shallow, well-conditioned network first instead of fighting a deep random one.
+    """
+    from diffusers.models.resnet import ResnetBlock2D
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed("world-vae-init", cfg.seed))
-        return AutoencoderKL(**vae_config(cfg))
+        vae = AutoencoderKL(**vae_config(cfg))
+    if cfg.zero_init_residual:
+        for module in vae.modules():
+            if isinstance(module, ResnetBlock2D):
+                torch.nn.init.zeros_(module.conv2.weight)
+                torch.nn.init.zeros_(module.conv2.bias)
+    return vae
 
 
 # --------------------------------------------------------------------------------- images
-def render_batch(seed: int, step: int, batch_size: int, geometry: Geometry,
-                 two_object_fraction: float = 0.5) -> torch.Tensor:
-    """(B, 3, S, S) renders in [-1, 1] of seen scenes; a pure function of (seed, step)."""
+def render_batch(seed: int, step: int, batch_size: int, geometry: Geometry, max_objects: int = 9) -> torch.Tensor:
+    """(B, 3, S, S) renders in [-1, 1] of 1..``max_objects`` seen objects in distinct cells; a pure
+    function of (seed, step).  Up to 4 objects keep to cells that do not touch, as scenes do; more
+    may touch.  Busier images than the world's scenes give the autoencoder more objects to learn
+    from per pixel it decodes (it codes local appearance; the scene rules do not matter to it)."""
     images = []
     for i in range(batch_size):
         rng = np.random.default_rng(derive_seed("world-vae-data", int(seed), int(step), i))
-        scene = sample_scene(rng, 2 if rng.random() < two_object_fraction else 1, geometry, "seen")
-        images.append(render_array(scene, geometry))
+        wanted = int(rng.integers(1, max_objects + 1))
+        cells: list[int] = []
+        for cell in rng.permutation(GRID * GRID):  # greedy: may stop short of ``wanted`` (<= 4)
+            if len(cells) < wanted and (wanted > 4 or all(cells_apart(int(cell), c) for c in cells)):
+                cells.append(int(cell))
+        objects = [sample_object(rng, c, geometry, "seen") for c in cells]
+        images.append(render_objects(objects, list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))], geometry))
     arr = np.stack(images).transpose(0, 3, 1, 2) / 127.5 - 1.0
     return torch.from_numpy(arr.astype(np.float32))
 
@@ -114,13 +140,14 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, cfg: WorldVAEConfig,
                                                      dtype=posterior.mean.dtype, device=posterior.mean.device)
     recon = vae.decode(z).sample
     w = object_weights(x, cfg.object_weight)
-    mse = (w * (recon - x).pow(2)).sum() / (w.sum() * x.shape[1])
+    err = (recon - x).abs() if cfg.recon == "l1" else (recon - x).pow(2)
+    rec = (w * err).sum() / (w.sum() * x.shape[1])
     (rx, ry), (tx, ty) = _edges(recon), _edges(x)
     wx, wy = torch.maximum(w[..., :, 1:], w[..., :, :-1]), torch.maximum(w[..., 1:, :], w[..., :-1, :])
     edge = ((wx * (rx - tx).abs()).sum() / (wx.sum() * 3) + (wy * (ry - ty).abs()).sum() / (wy.sum() * 3)) / 2
     kl = posterior.kl().mean() / z[0].numel()
-    loss = mse + cfg.edge_weight * edge + cfg.kl_weight * kl
-    return {"loss": loss, "recon": mse.detach(), "edge": edge.detach(), "kl": kl.detach()}
+    loss = rec + cfg.edge_weight * edge + cfg.kl_weight * kl
+    return {"loss": loss, "recon": rec.detach(), "edge": edge.detach(), "kl": kl.detach()}
 
 
 # ------------------------------------------------------------------------------ latents

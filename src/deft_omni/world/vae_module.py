@@ -34,7 +34,7 @@ class RenderBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int) -> torch.Tensor:
         c = self.cfg
-        return render_batch(c.seed, self.offset + step, c.batch_size, c.geometry, c.two_object_fraction)
+        return render_batch(c.seed, self.offset + step, c.batch_size, c.geometry, c.max_objects)
 
 
 class WorldVAEModule(pl.LightningModule):

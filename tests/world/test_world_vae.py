@@ -46,3 +46,5 @@ def test_fit_calibrate_save_load(tmp_path, one_thread):
     again = AutoencoderKL.from_pretrained(out).eval()
     assert again.config.scaling_factor == vae.config.scaling_factor
     assert torch.allclose(roundtrip(again, x), roundtrip(vae, x), atol=1e-6)
+    rebuilt, _ = fit_world_vae(cfg)  # same recipe, same machine and threads: the same weights
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), vae.state_dict().values()))

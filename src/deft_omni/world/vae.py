@@ -19,27 +19,32 @@ import torch
 from diffusers import AutoencoderKL
 
 from ..core.seeding import derive_seed
-from .render import render_objects
+from .render import render_array, render_objects
 from .spec import BACKGROUNDS, GRID, Geometry, cells_apart
 from .tasks import sample_object
 
 
 @dataclass
 class WorldVAEConfig:
-    """Architecture and training recipe of the world VAE."""
+    """Architecture and training recipe of the world VAE (defaults: the measured recipe)."""
 
-    block_out_channels: tuple[int, ...] = (16, 32, 64, 64)  # 4 blocks: three 2x downsamplers = 8x
+    block_out_channels: tuple[int, ...] = (8, 16, 32, 64)  # 4 blocks: three 2x downsamplers = 8x
     layers_per_block: int = 1
-    norm_num_groups: int = 8
+    # One group: GroupNorm normalises each group per image, and a group of 2 channels over a
+    # flat background and one object keeps almost nothing of their absolute colours (brown
+    # came back black, green yellow); one group of all channels keeps colour directions.
+    norm_num_groups: int = 1
     latent_channels: int = 4
     zero_init_residual: bool = True  # resnet blocks start as identities (see build_world_vae)
-    steps: int = 1500  # optimiser steps
-    batch_size: int = 16
+    # Many small steps beat few large ones here: 4 images x 3200 steps round-trips >= 97% on
+    # every attribute, where 16 x 800 (the same pixels) stays below 85% on shape and colour.
+    steps: int = 3200  # optimiser steps
+    batch_size: int = 4
     lr: float = 2e-3  # AdamW peak; linear warm-up then cosine decay to lr_min_ratio * lr
     lr_min_ratio: float = 0.05
-    warmup_steps: int = 50
+    warmup_steps: int = 100
     weight_decay: float = 0.0
-    recon: str = "l1"  # "l1" (crisp flat colours) or "mse" reconstruction term
+    recon: str = "mse"  # "mse" or "l1" reconstruction term (l1 learned colours slower here)
     object_weight: float = 5.0  # loss weight of pixels that differ from the background
     edge_weight: float = 1.0  # weight of the finite-difference (edge) L1 term
     kl_weight: float = 1e-6
@@ -177,3 +182,25 @@ def roundtrip(vae: AutoencoderKL, x: torch.Tensor, batch_size: int = 64) -> torc
 def to_uint8_images(x: torch.Tensor) -> np.ndarray:
     """(N, 3, S, S) in [-1, 1] -> (N, S, S, 3) uint8, as the judge reads them."""
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def scenes_to_tensor(scenes, geometry: Geometry) -> torch.Tensor:
+    """(N, 3, S, S) renders in [-1, 1] of scene specs."""
+    arr = np.stack([render_array(s, geometry) for s in scenes]).transpose(0, 3, 1, 2) / 127.5 - 1.0
+    return torch.from_numpy(arr.astype(np.float32))
+
+
+@torch.no_grad()
+def roundtrip_scores(vae: AutoencoderKL, n: int = 200, seed: int = 0, geometry: Geometry = Geometry(),
+                     sets: tuple[tuple[str, str], ...] = (("text_one", "seen"), ("text_two", "seen"))) -> dict:
+    """The judge's scores of VAE round trips of ``n`` held-out renders per (task, combo): the
+    ceiling of anything generated through this VAE.  Returns {"task/combo": WorldScores}."""
+    from .metrics import evaluate_pairs
+    from .tasks import held_out_prompts
+
+    out = {}
+    for task, combo in sets:
+        specs = held_out_prompts(n, task, combo, seed, geometry)
+        images = to_uint8_images(roundtrip(vae, scenes_to_tensor([s.target for s in specs], geometry)))
+        out[f"{task}/{combo}"] = evaluate_pairs(zip(specs, images), geometry)
+    return out

@@ -129,12 +129,16 @@ def save_adapter(model: nn.Module, path: Union[str, Path], adapter_name: str = "
     return write_adapter_folder(path, tensors, meta, peft_cfg)
 
 
-def write_adapter_folder(path: Union[str, Path], tensors: dict, meta: dict, peft_cfg: Optional[dict]) -> Path:
-    """Write the three files into a temp folder beside `path`, then move it into place."""
+def write_adapter_folder(path: Union[str, Path], tensors: dict, meta: dict, peft_cfg: Optional[dict],
+                         extra_tensor_files: Optional[dict[str, dict]] = None) -> Path:
+    """Write the three files (and ``extra_tensor_files``: name -> tensors, e.g. another runtime's
+    LoRA file) into a temp folder beside `path`, then move it into place."""
     path = Path(path)
     tmp = _atomic_dir(path)
     try:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "deft_omni": FORMAT})
+        for name, extra in (extra_tensor_files or {}).items():
+            save_file(extra, str(tmp / name), metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
         if peft_cfg is not None:
             (tmp / PEFT_CONFIG_NAME).write_text(json.dumps(peft_cfg, indent=2))

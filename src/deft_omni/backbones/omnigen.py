@@ -113,6 +113,9 @@ class OmniGenBackbone(Backbone):
 
     def training_loss(self, batch: Mapping[str, Any], cfg: LossConfig,
                       generator: Optional[torch.Generator]) -> FlowLossOutput:
+        if cfg.ddpm_only():
+            raise ValueError(f"{', '.join(cfg.ddpm_only())}: DDPM settings (sd15, sdxl); OmniGen trains rectified "
+                             "flow: remove them")
         device = next(self.vae.parameters()).device
         t = sample_t(int(batch["output_images"].shape[0]), cfg, generator, device)
         x1, inputs = self.encode_batch(batch, cfg.latent_mode, generator)

@@ -50,6 +50,23 @@ class Backbone(abc.ABC):
         """The largest image side (pixels) the network takes, read from config files only, so
         settings can be checked before any weights load."""
 
+    # ------------------------------------------------------------------- commands
+    #: ``python -m deft_omni.export``'s default layout (see :func:`deft_omni.interop.export_lora`)
+    default_export_layout: ClassVar[str] = "diffusers"
+
+    @classmethod
+    def generation_defaults(cls, path: str) -> dict[str, Any]:
+        """``python -m deft_omni.generate``'s defaults for this family (size, guidance, steps)."""
+        return {"height": 1024, "width": 1024, "guidance_scale": 2.5, "steps": 50}
+
+    @classmethod
+    def run_generation(cls, settings: Any, jobs: Any = None, argv: Optional[list[str]] = None) -> list[Path]:
+        """Make the images of a :class:`deft_omni.generation.runner.GenerationSettings` (PNG +
+        sidecar each); the default is deft_omni's own OmniGen sampler."""
+        from ..generation.runner import run_generation
+
+        return run_generation(settings, jobs, argv=argv)
+
     # --------------------------------------------------------------------- the parts
     @abc.abstractmethod
     def frozen_modules(self) -> dict[str, nn.Module]:

@@ -42,8 +42,9 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"data.batch_size must be positive, got {cfg.data.batch_size}")
     path = cfg.model.path
     if not is_named_model(path, cfg.model.get("family")) and not Path(path).exists():
-        raise ConfigError(f"model.path={path!r} does not exist; point it at a local OmniGen folder "
-                          f"(hub: Shitao/OmniGen-v1-diffusers or Shitao/OmniGen-v1)")
+        raise ConfigError(f"model.path={path!r} does not exist; point it at a local model folder (OmniGen, hub: "
+                          f"Shitao/OmniGen-v1-diffusers; SDXL: stabilityai/stable-diffusion-xl-base-1.0; SD1.5: "
+                          f"stable-diffusion-v1-5/stable-diffusion-v1-5)")
     train = cfg.data.train
     for i, entry in enumerate([train] if isinstance(train, str) else (train or [])):
         if isinstance(entry, str):
@@ -60,8 +61,9 @@ def check_config(cfg: DictConfig) -> None:
         if value and not Path(value).exists():
             raise ConfigError(f"data.{key}={value!r} does not exist")
     prior = cfg.data.get("prior")
-    if prior and not Path(prior["path"]).exists():
-        raise ConfigError(f"data.prior.path={prior['path']!r} does not exist")
+    if prior and not prior.get("class_prompt") and not Path(prior["path"]).exists():
+        raise ConfigError(f"data.prior.path={prior['path']!r} does not exist; make class-prior shards with "
+                          f"data_prep.dreambooth priors, or give data.prior.class_prompt to generate them")
 
 
 __all__ = ["ConfigError", "check_config", "MissingMandatoryValue"]

@@ -15,7 +15,7 @@ from deft_omni.backbones import LossConfig, load_backbone, resolve_model
 from deft_omni.backbones.class_images import ensure_class_images
 from deft_omni.backbones.sd_data import SDTrainProcessor
 from deft_omni.backbones.sd_family import SDWeightsNotFound
-from deft_omni.backbones.sd_objective import ddpm_loss, grid_timestep, min_snr_weights, train_timesteps
+from deft_omni.backbones.sd_objective import grid_timestep, min_snr_weights, train_timesteps
 from deft_omni.data import SampleError, build_train_loader, make_sample, parse_sample
 from deft_omni.data.schema import ShardSetWriter, read_manifest
 

@@ -35,14 +35,16 @@ def _latents(pipe, family) -> torch.Tensor:
                 generator=[torch.Generator().manual_seed(s) for s in (0, 1)]).images
 
 
-@pytest.mark.parametrize("family,preset,method", [(SDXL, "sd_attn_text", "deft"), (SD15, "sd_attn_text", "deft"),
-                                                  (SDXL, "sd_attn", "para")], ids=["sdxl-deft", "sd15-deft", "sdxl-para"])
+@pytest.mark.parametrize("family,preset,method", [
+    (SDXL, "sd_attn_text", "deft"), (SD15, "sd_attn_text", "deft"), (SDXL, "sd_attn", "para")],
+    ids=["sdxl-deft", "sd15-deft", "sdxl-para"])
 def test_load_lora_weights_matches_the_live_adapter(tiny_sd_dirs, family, preset, method, tmp_path):
     folder = tiny_sd_dirs[family.name]
     targets = yaml.safe_load((PRESETS / f"{preset}.yaml").read_text())
     parts = load_parts(folder, family)
     _randomised(parts.networks, AdapterConfig(method=method, rank=3, decomposition="qr", **targets))
-    pipe = make_pipeline(family, parts.networks, parts.vae, parts.tokenizers, scheduler_from_config(parts.scheduler_config))
+    pipe = make_pipeline(family, parts.networks, parts.vae, parts.tokenizers,
+                         scheduler_from_config(parts.scheduler_config))
     live = _latents(pipe, family)
     out = export_lora(parts.networks, tmp_path / "lora", layout="pipeline")
     meta = json.loads((out / "deft_omni.json").read_text())

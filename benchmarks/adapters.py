@@ -2,6 +2,7 @@
 
     python benchmarks/adapters.py                 # quick set (< 5 min on 2 cores)
     python benchmarks/adapters.py --full          # every shape, r = 8 and 64, every method
+    python benchmarks/adapters.py --sdxl          # SDXL's UNet attention shapes (640/1280 wide, text 2048), r = 4
     python benchmarks/adapters.py --json out.json # every row, for scripts
 
 Method: each layer is measured as an interior layer (its input requires grad, so the base's
@@ -27,6 +28,12 @@ from typing import Optional
 
 QUICK_SHAPES = [(3072, 9216), (3072, 3072)]
 FULL_SHAPES = [(3072, 9216), (3072, 3072), (3072, 16384), (8192, 3072)]
+# SDXL's UNet attention at 1024 px (--sdxl): (in, out) -> tokens per image.  Self-attention q/k/v/out
+# at 640 wide (64x64 latents -> 4096 tokens) and 1280 wide (32x32 -> 1024); cross-attention k/v read
+# the 77 text tokens, 2048 wide; a fused q,k,v of attn1 is one 640->1920 / 1280->3840 unit.
+SDXL_SHAPES = {(640, 640): 4096, (1280, 1280): 1024, (640, 1920): 4096, (1280, 3840): 1024,
+               (2048, 640): 77, (2048, 1280): 77}
+SDXL_RANK = 4
 WARMUP_TOKENS = 16
 MMAP_THRESHOLD = 64 * 1024
 ALL_BASES = ["qr", "relu", "relaxed", "relu2", "tsvd", "lrmf", "eigen", "nmf"]
@@ -51,12 +58,16 @@ class Case:
             f" {self.basis}" if self.basis != "-" else "")
 
 
-def cases_for(full: bool, only: Optional[set] = None) -> list[Case]:
-    shapes = [s for s in (FULL_SHAPES if full else QUICK_SHAPES) if only is None or s in only]
-    ranks = [8, 64] if full else [64]
+def cases_for(full: bool, only: Optional[set] = None, sdxl: bool = False) -> list[Case]:
+    if sdxl:
+        shapes = [s for s in SDXL_SHAPES if only is None or s in only]
+        ranks, tokens_of = [SDXL_RANK], lambda s: (SDXL_SHAPES[s],)
+    else:
+        shapes = [s for s in (FULL_SHAPES if full else QUICK_SHAPES) if only is None or s in only]
+        ranks, tokens_of = ([8, 64] if full else [64]), lambda s: (512, 2048)
     out = []
     for d_in, d_out in shapes:
-        for tokens in (512, 2048):
+        for tokens in tokens_of((d_in, d_out)):
             for r in ranks:
                 def c(impl, method, basis="-"):
                     out.append(Case(impl, method, basis, d_in, d_out, tokens, r))
@@ -71,7 +82,7 @@ def cases_for(full: bool, only: Optional[set] = None) -> list[Case]:
                 for b in (ALL_BASES if full else ["qr"]):
                     c("ours", "para", b)
                 c("ours", "lora")
-                if tokens == 512:
+                if tokens == 512 and not sdxl:
                     c("dense", "deft", "qr")
     return out
 
@@ -223,11 +234,11 @@ class Row:
     mem_vs_peft_lora: Optional[float] = None
 
 
-def run(full: bool, repeats: int, progress, shapes: Optional[set] = None) -> list[Row]:
+def run(full: bool, repeats: int, progress, shapes: Optional[set] = None, sdxl: bool = False) -> list[Row]:
     import torch
 
     torch.set_num_threads(2)
-    cases = cases_for(full, shapes)
+    cases = cases_for(full, shapes, sdxl)
     points = sorted({(c.d_in, c.d_out, c.tokens, c.rank) for c in cases}, key=lambda p: (p[0] * p[1], p[2], p[3]))
     rows = []
     for point in points:
@@ -273,9 +284,9 @@ def checks(rows: list[Row]) -> list[str]:
             t, m = r.time_ms / peer.time_ms, r.peak_mb / max(peer.peak_mb, 1e-9)
             out.append(f"{'ok ' if t <= 1.03 and m <= 1.03 else 'MISS'} deft_omni/peft DEFT {r.basis} {r.shape} "
                        f"T={r.tokens} r={r.rank}: time {t:.3f} mem {m:.3f} (target <= 1.03)")
-            if r.tokens == 2048 and r.rank == 64:
+            if (r.tokens, r.rank) == (2048, 64) or r.rank == SDXL_RANK:
                 ok = r.time_vs_peft_lora <= 1.05 and r.mem_vs_peft_lora <= 1.05
-                out.append(f"{'ok ' if ok else 'MISS'} deft_omni DEFT {r.basis}/peft LoRA {r.shape} T=2048: time "
+                out.append(f"{'ok ' if ok else 'MISS'} deft_omni DEFT {r.basis}/peft LoRA {r.shape} T={r.tokens}: time "
                            f"{r.time_vs_peft_lora:.3f} mem {r.mem_vs_peft_lora:.3f} (target <= 1.05)")
         if r.impl == "dense":
             ours = key.get(("ours", "deft", r.basis, r.shape, r.tokens, r.rank))
@@ -296,6 +307,7 @@ def checks(rows: list[Row]) -> list[str]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="every shape, r = 8 and 64, every method (long)")
+    parser.add_argument("--sdxl", action="store_true", help="SDXL's UNet attention shapes at 1024 px, r = 4")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per case after one warm-up (>= 5)")
     parser.add_argument("--json", help="write every row to this JSON file")
     parser.add_argument("--shape", action="append", metavar="IN->OUT",
@@ -306,13 +318,13 @@ def main(argv=None) -> None:
     shapes = None
     if args.shape:
         shapes = {tuple(int(v) for v in s.split("->")) for s in args.shape}
-        known = {(c.d_in, c.d_out) for c in cases_for(args.full)}
+        known = {(c.d_in, c.d_out) for c in cases_for(args.full, sdxl=args.sdxl)}
         if not shapes <= known:
             parser.error(f"--shape {sorted(shapes - known)} is not in this set; choose from "
                          + ", ".join(f"{a}->{b}" for a, b in sorted(known)))
-    total = len(cases_for(args.full, shapes))
+    total = len(cases_for(args.full, shapes, args.sdxl))
     with tqdm(total=total, desc="cases", unit="case") as progress:
-        rows = run(args.full, args.repeats, progress, shapes)
+        rows = run(args.full, args.repeats, progress, shapes, args.sdxl)
     print(table(rows))
     print()
     print("\n".join(checks(rows)))

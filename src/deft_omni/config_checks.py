@@ -73,7 +73,8 @@ def _check_model(cfg: DictConfig) -> None:
     path, family = cfg.model.path, cfg.model.get("family")
     if not is_named_model(path, family) and not Path(path).exists():
         raise ConfigError(f"model.path={path!r} does not exist; point it at a local model folder (OmniGen: "
-                          f"hub Shitao/OmniGen-v1-diffusers or Shitao/OmniGen-v1), or a named model: tiny, world")
+                          f"hub Shitao/OmniGen-v1-diffusers or Shitao/OmniGen-v1; SDXL: stabilityai/stable-diffusion-xl-"
+                          f"base-1.0; SD1.5: stable-diffusion-v1-5/stable-diffusion-v1-5), or a named model: tiny, world")
     quantize = check_mode(cfg.model.get("quantize"))
     if quantize != "none" and plain(cfg.adapter).get("method") == "full":
         raise ConfigError(f"model.quantize={quantize} stores the frozen base quantised, but adapter.method=full trains "
@@ -114,8 +115,8 @@ def _check_data(cfg: DictConfig) -> None:
     if cfg.data.get("val"):
         _check_shards("data.val", cfg.data.val)
     prior = cfg.data.get("prior")
-    if prior:
-        _check_shards("data.prior.path", prior["path"])
+    if prior and not (prior.get("class_prompt") and not Path(prior["path"]).exists()):
+        _check_shards("data.prior.path", prior["path"])  # a missing folder with a class_prompt is made by train
 
 
 def _check_adapter_against_model(cfg: DictConfig) -> None:

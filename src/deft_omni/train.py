@@ -191,6 +191,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = DeftOmniModule(model=plain(cfg.model), adapter=plain(cfg.adapter), optim=plain(cfg.optim),
                             loss=plain(cfg.loss), ema=plain(cfg.ema), cache_latents=cfg.cache_latents,
                             extensions=extensions)
+    if paths[2] and paths[2].get("class_prompt"):  # DreamBooth class images, generated once by the base model
+        from .backbones.class_images import ensure_class_images
+
+        ensure_class_images(module.backbone, paths[2], size=int(cfg.data.max_image_side), seed=int(cfg.seed))
     conditioners = [c for c in (ext.conditioner() for ext in extensions) if c is not None]
     datamodule = ShardDataModule(cfg, module.backbone, conditioners, paths=paths)
     trainer = build_trainer(cfg, out_dir, extensions, paths)

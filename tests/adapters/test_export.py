@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from deft_omni.adapters import AdapterConfig, export_lora, inject_adapter, load_adapter
 
@@ -51,3 +52,28 @@ def test_lora_export_loads_in_peft(fused, gen, tmp_path):
     set_adapter_scale(model, "default", 0.5)
     x = torch.randn(5, 12, generator=gen)
     torch.testing.assert_close(theirs(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+class KVQ(TwoLayer):
+    """TwoLayer with the layers defined k, v, q (as CLIP's attention does) and different widths, so
+    that a member's rows taken for another's would show."""
+
+    def __init__(self) -> None:
+        nn.Module.__init__(self)
+        self.to_k = nn.Linear(12, 5, bias=False)
+        self.to_v = nn.Linear(12, 6, bias=False)
+        self.to_q = nn.Linear(12, 6, bias=False)
+        self.o = nn.Linear(6, 12)
+
+    def forward(self, x):
+        return self.o(self.to_q(x) * torch.tanh(self.to_k(x)).sum(-1, keepdim=True) + self.to_v(x))
+
+
+def test_fused_export_follows_the_group_order_not_the_definition_order(gen, tmp_path):
+    base = KVQ()
+    model = _trained(base, gen, "deft", "qr", fused=True)
+    export_lora(model, tmp_path / "lora")
+    fresh = copy.deepcopy(base)
+    load_adapter(fresh, tmp_path / "lora")
+    x = torch.randn(5, 12, generator=gen)
+    torch.testing.assert_close(fresh(x), model(x), rtol=1e-5, atol=1e-5)

@@ -22,9 +22,9 @@ from .model_ops import adapter_branches, adapter_configs, base_fingerprints
 
 
 @torch.no_grad()
-def export_lora(model: nn.Module, path: Union[str, Path], adapter_name: str = "default",
-                scale: float = 1.0) -> Path:
-    """Write adapter `adapter_name` as a peft-layout LoRA folder (strength `scale` baked in)."""
+def lora_export_contents(model: nn.Module, adapter_name: str = "default", scale: float = 1.0
+                         ) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """(tensors, deft_omni.json, peft config) of the LoRA export of adapter `adapter_name`."""
     configs = adapter_configs(model)
     if adapter_name not in configs:
         raise KeyError(f"no adapter named {adapter_name!r}; the model has {sorted(configs)}")
@@ -46,4 +46,10 @@ def export_lora(model: nn.Module, path: Union[str, Path], adapter_name: str = "d
         "base_fingerprint": base_fingerprints(model, modules), "peft_compatible": True,
         "exported_from": {"config": source.to_dict(), "scale": scale},
     }
-    return write_adapter_folder(path, tensors, meta, peft_config_dict(lora, modules))
+    return tensors, meta, peft_config_dict(lora, modules)
+
+
+def export_lora(model: nn.Module, path: Union[str, Path], adapter_name: str = "default",
+                scale: float = 1.0) -> Path:
+    """Write adapter `adapter_name` as a peft-layout LoRA folder (strength `scale` baked in)."""
+    return write_adapter_folder(path, *lora_export_contents(model, adapter_name, scale))

@@ -77,15 +77,31 @@ def select_targets(model: nn.Module, config: AdapterConfig) -> list[str]:
     return chosen
 
 
+def _group_parents(chosen: list[str], group: list[str]) -> set[str]:
+    """The modules under which ``group``'s members (name suffixes: ``to_q``, or ``attn1.to_q`` to
+    fuse only under ``attn1``) hang, from the chosen names that end with a member."""
+    parents = set()
+    for name in chosen:
+        for member in group:
+            if name == member:
+                parents.add("")
+            elif name.endswith("." + member):
+                parents.add(name[: -len(member) - 1])
+    return parents
+
+
 def plan_groups(chosen: list[str], fused_groups: list[list[str]]) -> list[list[str]]:
     """Split the chosen names into adapter units: fused sibling groups, then singletons."""
     chosen_set = set(chosen)
     units, used = [], set()
     for group in fused_groups:
-        parents = {n.rpartition(".")[0] for n in chosen if n.rpartition(".")[2] in group}
+        parents = _group_parents(chosen, group)
         for parent in sorted(parents):
             members = [f"{parent}.{child}" if parent else child for child in group]
             present = [m for m in members if m in chosen_set]
+            twice = [m for m in present if m in used]
+            if twice:
+                raise ValueError(f"fused_groups: {twice[0]} belongs to two fused groups; give each layer one group")
             if len(present) == len(members):
                 units.append(members)
                 used.update(members)

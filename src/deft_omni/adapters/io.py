@@ -136,10 +136,14 @@ def write_adapter_files(folder: Union[str, Path], tensors: dict, meta: dict, pef
 
 
 def write_adapter_folder(path: Union[str, Path], tensors: dict, meta: dict, peft_cfg: Optional[dict],
-                         extra_files: Optional[ExtraFiles] = None) -> Path:
-    """Stage the files (and `extra_files`) beside `path`, then publish them as `path` at once."""
+                         extra_files: Optional[ExtraFiles] = None,
+                         extra_tensor_files: Optional[dict[str, dict]] = None) -> Path:
+    """Stage the files (and `extra_files`; ``extra_tensor_files``: name -> tensors, e.g. another
+    runtime's LoRA file) beside `path`, then publish them as `path` at once."""
     with atomic_dir(path) as staging:
         write_adapter_files(staging, tensors, meta, peft_cfg)
+        for name, more in (extra_tensor_files or {}).items():
+            (Path(staging) / name).write_bytes(save(more, metadata={"format": "pt"}))
         if extra_files is not None:
             extra_files(staging)
     return Path(path)

@@ -25,13 +25,16 @@ def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLinear]]:
 
 
 def adapter_branches(model: nn.Module, adapter_name: str) -> Iterator[tuple[list[str], Branch]]:
-    """(member module names, branch) for every unit of `adapter_name`, each branch once."""
-    seen: dict[int, tuple[list[str], Branch]] = {}
+    """(member module names, branch) for every unit of `adapter_name`, each branch once.  The names
+    come in the branch's member order (``branch.rows(i)`` is names[i]'s block), which need not be the
+    order the model defines the layers in (CLIP defines k_proj, v_proj, q_proj)."""
+    seen: dict[int, tuple[list[tuple[int, str]], Branch]] = {}
     for name, layer in adapter_layers(model):
         if adapter_name in layer.branch_refs:
-            branch, _ = layer.branch_refs[adapter_name]
-            seen.setdefault(id(branch), ([], branch))[0].append(name)
-    yield from seen.values()
+            branch, index = layer.branch_refs[adapter_name]
+            seen.setdefault(id(branch), ([], branch))[0].append((index, name))
+    for members, branch in seen.values():
+        yield [name for _, name in sorted(members)], branch
 
 
 def _require(model: nn.Module, names: Iterable[str]) -> None:

@@ -1,4 +1,4 @@
-"""Backbones: model families behind one seam (see :mod:`.base`); OmniGen is the first."""
+"""Backbones: model families behind one seam (see :mod:`.base`): OmniGen, Stable Diffusion 1.5 and XL."""
 
 from .base import Backbone
 from .named import NamedModelError, world_base_folder
@@ -24,7 +24,8 @@ from .registry import (
     register_backbone,
     resolve_model,
 )
-from .omnigen import OmniGenBackbone  # noqa: E402 - registers itself
+from .omnigen import OmniGenBackbone  # noqa: E402 - registers itself (first: the default family)
+from .stable_diffusion import SD15Backbone, SDXLBackbone, StableDiffusionBackbone  # noqa: E402
 
 __all__ = [
     "DEFAULT_VAL_T_GRID",
@@ -33,6 +34,9 @@ __all__ = [
     "LossConfig",
     "NamedModelError",
     "OmniGenBackbone",
+    "SD15Backbone",
+    "SDXLBackbone",
+    "StableDiffusionBackbone",
     "backbone_class",
     "families",
     "flow_matching_loss",

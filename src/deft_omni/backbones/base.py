@@ -64,6 +64,24 @@ class Backbone(abc.ABC):
         ``python -m deft_omni.encode_latents`` encodes with and what cached latents are checked
         against.  Families without one cannot cache latents."""
         raise NotImplementedError(f"model family {cls.family!r} has no VAE to cache latents with")
+    # ------------------------------------------------------------------- commands
+    #: ``python -m deft_omni.export``'s default layout (see :func:`deft_omni.interop.export_lora`)
+    default_export_layout: ClassVar[str] = "diffusers"
+
+    @classmethod
+    def generation_defaults(cls, path: str) -> dict[str, Any]:
+        """``python -m deft_omni.generate``'s defaults for this family (size, guidance, steps): the
+        model's largest image side, at most 1024 px."""
+        side = min(1024, cls.max_image_side(path) or 1024)
+        return {"height": side, "width": side, "guidance_scale": 2.5, "steps": 50}
+
+    @classmethod
+    def run_generation(cls, settings: Any, jobs: Any = None, argv: Optional[list[str]] = None) -> list[Path]:
+        """Make the images of a :class:`deft_omni.generation.runner.GenerationSettings` (PNG +
+        sidecar each); the default is deft_omni's own OmniGen sampler."""
+        from ..generation.runner import run_generation
+
+        return run_generation(settings, jobs, argv=argv)
 
     # --------------------------------------------------------------------- the parts
     @abc.abstractmethod

@@ -29,6 +29,7 @@ from ..core.seeding import derive_seed
 from ..model.latents import LATENT_MODES, predict_velocity
 
 T_SAMPLINGS = ("sigmoid_normal", "uniform")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 DEFAULT_VAL_T_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -36,8 +37,9 @@ DEFAULT_VAL_T_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 class LossConfig:
     """Settings of the training objective (training and validation)."""
 
-    t_sampling: str = field(default="sigmoid_normal", metadata={
-        "help": "t = sigmoid(N(t_mean, t_std)) as OmniGen (diffusers' 'logit_normal'), or 'uniform' U(0, 1)."})
+    t_sampling: Optional[str] = field(default=None, metadata={
+        "help": "t = sigmoid(N(t_mean, t_std)) (diffusers' 'logit_normal'), or 'uniform' U(0, 1); null: the "
+                "backbone's own (OmniGen: sigmoid_normal; sd15/sdxl: uniform, as diffusers' DreamBooth scripts)."})
     t_mean: float = field(default=0.0, metadata={"help": "Mean of the normal draw under the sigmoid."})
     t_std: float = field(default=1.0, metadata={"help": "Std of the normal draw under the sigmoid."})
     latent_mode: str = field(default="sample", metadata={
@@ -54,9 +56,19 @@ class LossConfig:
                 "weighs 1). 1.0 is the plain loss; 0 trains on the masked subject only."})
     mask_dilate: int = field(default=0, metadata={
         "help": "Grow each output mask by this many latent pixels (8 image px each) before weighting."})
+    prediction_type: Optional[str] = field(default=None, metadata={
+        "help": "DDPM backbones (sd15, sdxl): what the UNet predicts, 'epsilon', 'v_prediction' or 'sample'; "
+                "null: the scheduler config's prediction_type (diffusers' --prediction_type)."})
+    snr_gamma: Optional[float] = field(default=None, metadata={
+        "help": "DDPM backbones: Min-SNR-gamma loss weights min(SNR, gamma) / SNR (epsilon), / (SNR + 1) "
+                "(v_prediction), unweighted for 'sample' but capped at gamma; null: plain MSE (diffusers' "
+                "--snr_gamma, 5.0 recommended there)."})
+    noise_offset: float = field(default=0.0, metadata={
+        "help": "DDPM backbones: noise + noise_offset * N(0, 1) per (sample, channel), drawn from the step's "
+                "generator (diffusers' --noise_offset; 0: off)."})
 
     def __post_init__(self) -> None:
-        if self.t_sampling not in T_SAMPLINGS:
+        if self.t_sampling is not None and self.t_sampling not in T_SAMPLINGS:
             raise ValueError(f"loss.t_sampling={self.t_sampling!r}; choose one of {T_SAMPLINGS}")
         if self.latent_mode not in LATENT_MODES:
             raise ValueError(f"loss.latent_mode={self.latent_mode!r}; choose one of {LATENT_MODES}")
@@ -74,13 +86,26 @@ class LossConfig:
     @property
     def masked(self) -> bool:
         return self.background_weight != 1.0
+        if self.prediction_type is not None and self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"loss.prediction_type={self.prediction_type!r}; choose one of {PREDICTION_TYPES} or null")
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            raise ValueError(f"loss.snr_gamma must be > 0 or null, got {self.snr_gamma}")
+        if not self.noise_offset >= 0:
+            raise ValueError(f"loss.noise_offset must be >= 0, got {self.noise_offset}")
+
+    def ddpm_only(self) -> list[str]:
+        """The set fields that only DDPM backbones read (a flow backbone refuses them)."""
+        out = [f"loss.{k}={getattr(self, k)!r}" for k in ("prediction_type", "snr_gamma")
+               if getattr(self, k) is not None]
+        return out + ([f"loss.noise_offset={self.noise_offset}"] if self.noise_offset else [])
 
 
 def sample_t(batch_size: int, cfg: LossConfig, generator: Optional[torch.Generator] = None,
-             device: torch.device | str = "cpu") -> torch.Tensor:
+             device: torch.device | str = "cpu", default: str = "sigmoid_normal") -> torch.Tensor:
     """(B,) fp32 timesteps in (0, 1): sigmoid of a normal draw ("logit_normal"), or uniform,
-    through diffusers' ``compute_density_for_timestep_sampling`` with our step generator."""
-    scheme = "uniform" if cfg.t_sampling == "uniform" else "logit_normal"
+    through diffusers' ``compute_density_for_timestep_sampling`` with our step generator.
+    ``default``: the backbone's scheme when ``cfg.t_sampling`` is null."""
+    scheme = "uniform" if (cfg.t_sampling or default) == "uniform" else "logit_normal"
     t = compute_density_for_timestep_sampling(scheme, batch_size, logit_mean=cfg.t_mean, logit_std=cfg.t_std,
                                               device=device, generator=generator)
     return t.float()
@@ -183,6 +208,7 @@ __all__ = [
     "DEFAULT_VAL_T_GRID",
     "FlowLossOutput",
     "LossConfig",
+    "PREDICTION_TYPES",
     "T_SAMPLINGS",
     "flow_matching_loss",
     "interpolate",

@@ -190,6 +190,9 @@ class OmniGenBackbone(Backbone):
 
     def training_loss(self, batch: Mapping[str, Any], cfg: LossConfig,
                       generator: Optional[torch.Generator]) -> FlowLossOutput:
+        if cfg.ddpm_only():
+            raise ValueError(f"{', '.join(cfg.ddpm_only())}: DDPM settings (sd15, sdxl); OmniGen trains rectified "
+                             "flow: remove them")
         device = self._device()
         t = sample_t(len(batch["keys"]), cfg, generator, device)
         x1, inputs = self.encode_batch(batch, cfg.latent_mode, generator)

@@ -107,7 +107,7 @@ def _input_record(spec: PromptSpec) -> list[dict[str, str]]:
     return [{"path": str(p.resolve()), "sha256": file_sha256(p)} for p in spec.input_images]
 
 
-def _sidecar(settings: GenerationSettings, job: Job, model: dict, adapters: list, batch: list[Job],
+def sidecar_record(settings: GenerationSettings, job: Job, model: dict, adapters: list, batch: list[Job],
              argv: Optional[list[str]]) -> dict[str, Any]:
     import diffusers
 
@@ -180,21 +180,32 @@ def run_generation(settings: GenerationSettings, jobs: Optional[list[Job]] = Non
         for k, job in enumerate(batch):
             # One image per decode: the VAE's output then does not depend on the batch either.
             image = tensor_to_pil(decode_latents(parts.vae, latents[k:k + 1])[0])
-            png = settings.out / f"{job.stem}.png"
-            with atomic_path(png) as tmp:
-                image.save(tmp, format="PNG")
-            write_sidecar(png.with_suffix(".json"), _sidecar(settings, job, identity, adapters, batch, argv))
-            written[job.index] = png
+            written[job.index] = write_image(settings, job, image,
+                                             sidecar_record(settings, job, identity, adapters, batch, argv))
             if settings.grid:
                 inputs = [tensor_to_pil(processor.prepare_image(_open_rgb(p))) for p in job.prompt.input_images]
                 rows.append((job.index, [*inputs, image], job.prompt.instruction))
             bar.update()
     bar.close()
+    write_grid(settings, rows)
+    return [written[j.index] for j in jobs]
+
+
+def write_image(settings: GenerationSettings, job: Job, image: Any, sidecar: dict[str, Any]) -> Path:
+    """``<out>/<stem>.png`` and its ``.json`` sidecar, each written atomically."""
+    png = settings.out / f"{job.stem}.png"
+    with atomic_path(png) as tmp:
+        image.save(tmp, format="PNG")
+    write_sidecar(png.with_suffix(".json"), sidecar)
+    return png
+
+
+def write_grid(settings: GenerationSettings, rows: list[tuple[int, list, str]]) -> None:
+    """``grid.png``: one row per image (index, [inputs..., image], caption), in index order."""
     if settings.grid and rows:
-        rows.sort(key=lambda r: r[0])
+        rows = sorted(rows, key=lambda r: r[0])
         with atomic_path(settings.out / "grid.png") as tmp:
             make_grid([r[1] for r in rows], [r[2] for r in rows]).save(tmp, format="PNG")
-    return [written[j.index] for j in jobs]
 
 
 def _open_rgb(path: Path):

@@ -26,7 +26,8 @@ def main(argv=None) -> int:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smoke matrix (< 3 min)")
     size.add_argument("--full", action="store_true", help="the longer matrix (RSS for every case, more methods)")
-    size.add_argument("--predict", metavar="JSON", help="no measuring: rebuild the tables from a saved record")
+    size.add_argument("--predict", metavar="JSON", help="no measuring: refit and rebuild the tables from a saved "
+                                                         "record's rows (--out to write them)")
     parser.add_argument("--out", help="output stem (default benchmarks/results/full_size[_quick|_full])")
     parser.add_argument("--repeats", type=int, help="timed rounds per group (default 2, full 3, quick 1)")
     args = parser.parse_args(argv)
@@ -34,7 +35,6 @@ def main(argv=None) -> int:
     from deft_omni.core.atomic import write_json, write_text
 
     from .matrix import derive_coefficients, plan, run_plan
-    from .predict import Coefficients
     from .report import build_report
 
     mode = "quick" if args.quick else "full" if args.full else "default"
@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     if args.predict:
         record = json.loads(Path(args.predict).read_text())
         result = {k: record[k] for k in ("rows", "traces", "vae")}
-        co, mode, elapsed = Coefficients.from_dict(record["coefficients"]), record["mode"], record["elapsed_s"]
+        mode, elapsed = record["mode"], record["elapsed_s"]
+        co = derive_coefficients(result["rows"], result["vae"], plan(mode)["reference"])
     else:
         spec = plan(mode)
         if args.repeats is not None:

@@ -53,9 +53,9 @@ def plan(mode: str) -> dict[str, Any]:
     a real run: the cases that also ran for real are checked); traces: the full 32 layers."""
     if mode == "quick":
         ref = replace(REFERENCE, rank=8, side=256)
-        group = [ref, replace(ref, impl="peft", method="lora", basis="-"), replace(ref, ckpt=True)]
-        return {"groups": [group], "sweep": [replace(ref, inputs=1), replace(ref, layers=2)], "rss": [ref],
-                "repeats": 1, "reference": ref,
+        group = [ref, replace(ref, impl="peft", method="lora", basis="-")]
+        sweep_ = [replace(ref, ckpt=True), replace(ref, inputs=1), replace(ref, layers=2)]
+        return {"groups": [group], "sweep": sweep_, "rss": [], "repeats": 1, "reference": ref,
                 "traces": [replace(ref, layers=32, ckpt=True, batch=2, interior=False)]}
     methods = METHODS + (FULL_EXTRA_METHODS if mode == "full" else [])
     groups = method_matrix(512, (8, 32, 64), methods)
@@ -186,27 +186,30 @@ def additive_mask_bytes(row: dict) -> float:
 
 def derive_coefficients(rows: list[dict[str, Any]], vae: list[dict[str, Any]], reference: Case,
                         hidden: int = 3072) -> Coefficients:
-    """Fit the per-sample terms on the reference method's rows; deltas for the other methods at
-    the sequence length where they were measured (see :mod:`.predict` for how they are used)."""
+    """Fit c + B (a S + b S^2) on the reference method's rows (every S and batch measured); the
+    other methods as bytes per token over the reference, at the S where they were measured (see
+    :mod:`.predict` for how they are used)."""
     ref_key = _method_key(reference.to_dict())
     ref = [r for r in rows if _method_key(r["case"]) == ref_key and r["case"]["rank"] == reference.rank]
     plain = [r for r in ref if not r["case"]["ckpt"]]
     ckpt = [r for r in ref if r["case"]["ckpt"]]
     if not plain:
         raise ValueError(f"no row of the reference method {ref_key} r={reference.rank} without checkpointing")
-    layer = fit_quadratic([r["seq"] for r in plain], [r["per_layer"] / r["case"]["batch"] for r in plain])
+    seq = [r["seq"] for r in plain]
+    batch = [r["case"]["batch"] for r in plain]
+    layer = fit_quadratic(seq, [r["per_layer"] for r in plain], batch, intercept=True)
 
     def overhead(r: dict) -> float:
-        k, b = r["case"]["layers"], r["case"]["batch"]
-        return (r["peak"] - k * r["per_layer"] - additive_mask_bytes(r)) / b
+        return r["peak"] - r["case"]["layers"] * r["per_layer"] - additive_mask_bytes(r)
 
-    over = fit_quadratic([r["seq"] for r in plain], [overhead(r) for r in plain])
+    over = fit_quadratic(seq, [overhead(r) for r in plain], batch, intercept=True)
 
     def ckpt_overhead(r: dict) -> float:
         k, b, s = r["case"]["layers"], r["case"]["batch"], r["seq"]
-        return (r["peak"] - k * 2 * b * s * hidden - b * layer(s) - additive_mask_bytes(r)) / b
+        return r["peak"] - k * 2 * b * s * hidden - layer(s, b) - additive_mask_bytes(r)
 
-    ck = fit_quadratic([r["seq"] for r in ckpt], [ckpt_overhead(r) for r in ckpt]) if ckpt else over
+    ck = fit_quadratic([r["seq"] for r in ckpt], [ckpt_overhead(r) for r in ckpt],
+                       [r["case"]["batch"] for r in ckpt], intercept=True) if ckpt else over
     layer_delta, overhead_delta = {}, {}
     for r in rows:
         c = r["case"]
@@ -214,8 +217,8 @@ def derive_coefficients(rows: list[dict[str, Any]], vae: list[dict[str, Any]], r
             continue
         key = f"{_method_key(c)}@r{c['rank']}"
         s, b = r["seq"], c["batch"]
-        layer_delta[key] = (r["per_layer"] / b - layer(s)) / s
-        overhead_delta[key] = (overhead(r) - over(s)) / s
+        layer_delta[key] = (r["per_layer"] - layer(s, b)) / (b * s)
+        overhead_delta[key] = (overhead(r) - over(s, b)) / (b * s)
     small = min(vae, key=lambda v: v["side"] ** 2 * v["images"])
     pixels = small["side"] ** 2 * small["images"]
     return Coefficients(layer=layer, overhead=over, ckpt_overhead=ck, layer_delta=layer_delta,

@@ -75,7 +75,7 @@ class Term:
 
 @dataclass
 class Coefficients:
-    """What the CPU runs measured, per sample (bytes): see :mod:`.matrix` for how."""
+    """What the CPU runs measured (bytes, c + B (a S + b S^2)): see :mod:`.matrix` for how."""
 
     layer: Quadratic                 # activations one block keeps (reference method, no ckpt)
     overhead: Quadratic              # step peak beyond static + blocks - additive mask (no ckpt)
@@ -123,9 +123,11 @@ class Prediction:
                 "seconds": self.seconds}
 
     def binding(self) -> str:
-        """The largest term of the phase that sets the peak (what to cut first)."""
+        """The phase that sets the peak and its largest term, then the largest static term."""
         phase = max(self.phases, key=self.phases.get)
-        return max((t for t in self.terms if t.phase in ("static", phase)), key=lambda t: t.bytes).name
+        top = max((t for t in self.terms if t.phase == phase), key=lambda t: t.bytes)
+        static = max((t for t in self.terms if t.phase == "static"), key=lambda t: t.bytes)
+        return f"{phase} phase: {top.name} ({top.bytes / GIB:.2f} GiB) on {static.name} ({static.bytes / GIB:.2f} GiB)"
 
 
 def weight_terms(setup: Setup, cfg: dict = OMNIGEN_V1) -> list[Term]:
@@ -170,14 +172,14 @@ def batch_terms(setup: Setup) -> list[Term]:
 def step_terms(setup: Setup, co: Coefficients, cfg: dict = OMNIGEN_V1) -> list[Term]:
     b, s, h, n = setup.batch, setup.seq, cfg["hidden_size"], setup.layers
     key = setup.method_key
-    per_layer = b * (co.layer(s) + co.delta("layer", key, setup.rank) * s)
-    overhead = b * (co.overhead(s) + co.delta("overhead", key, setup.rank) * s)
+    per_layer = co.layer(s, b) + b * s * co.delta("layer", key, setup.rank)
+    overhead = co.overhead(s, b) + b * s * co.delta("overhead", key, setup.rank)
     mask = 2 * b * s * s
     terms = [Term("attention: additive mask (B,1,S,S), bf16", mask, "computed", "step", "built once, shared by every block")]
     if setup.ckpt:
         terms.append(Term(f"checkpointed block inputs x {n}", n * 2 * b * s * h, "computed", "step", "B x S x hidden bf16"))
         terms.append(Term("recomputed block (activations)", per_layer, "measured", "step", "one block alive in backward"))
-        terms.append(Term("step overhead (checkpointing)", b * co.ckpt_overhead(s) + overhead - b * co.overhead(s),
+        terms.append(Term("step overhead (checkpointing)", co.ckpt_overhead(s, b) + overhead - co.overhead(s, b),
                           "measured", "step", "outside the blocks + backward transient"))
     else:
         terms.append(Term(f"activations x {n} blocks", n * per_layer, "measured", "step",

@@ -28,7 +28,7 @@ def _gib(x: float) -> str:
 
 def prediction_table(preds: list[Prediction]) -> str:
     lines = ["| side | batch | ckpt | r | S | deft_omni DEFT qr (GiB) | peft LoRA (GiB) | ratio | "
-             "step s A100 | step s H100 | largest term |",
+             "step s A100 | step s H100 | what sets the peak |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     pairs = {}
     for p in preds:
@@ -83,7 +83,8 @@ def public_section(public: dict[str, Any]) -> str:
     o16 = public["omnigen_16"]
     lines.append(f"| OmniGen #16 (official LoRA example: 1024 px, batch 2, r 8, ckpt) | ~{o16['reported_gb']:.0f} GB "
                  f"({o16['what']}) | allocated: {o16['predicted_gib'][0]:.2f} GiB text-to-image, {o16['predicted_gib'][1]:.2f} "
-                 f"GiB with one 1024² input image, {o16['predicted_gib'][2]:.2f} GiB with two | nvidia-smi adds the CUDA context and the caching allocator's "
+                 f"GiB with one 1024² input image, {o16['predicted_gib'][2]:.2f} GiB with two; "
+                 f"{o16['math_attention_gib']:.2f} GiB text-to-image if attention kept its scores (math kernel) | nvidia-smi adds the CUDA context and the caching allocator's "
                  f"reserve |")
     o125 = public["omnigen_125"]
     lines.append(f"| OmniGen #125 (full fine-tune, 512 px) | {o125['reported']} | {o125['predicted_gib']:.2f} GiB; "
@@ -125,7 +126,7 @@ def crosscheck_table(co: Coefficients, traces: list[dict[str, Any]], rows: list[
             pred = predict(setup, co)
             cpu_terms = [x for x in pred.terms if x.phase == "step" and "(GPU)" not in x.name]
             model = sum(x.bytes for x in cpu_terms)
-            lines.append(f"| {label} | {t['label']} r={c['rank']} {c['side']}² b{c['batch']} "
+            lines.append(f"| {label} | {t['label']} r={c['rank']} {c['side']}² +{c['inputs']} input b{c['batch']} "
                          f"{'ckpt' if c['ckpt'] else 'no ckpt'} k={c['layers']} | {t['seq']} | {model / MIB:.0f} | "
                          f"{t['peak'] / MIB:.0f} | {model / t['peak']:.3f} |")
     return "\n".join(lines)
@@ -148,9 +149,11 @@ def build_report(result: dict[str, Any], co: Coefficients, mode: str, elapsed_s:
         f"Step times assume {UTILISATION:.0%} of the dense peak ({gpu_note}). CPU timings were taken on "
         f"2 cores shared with other jobs: noisy (memory figures are not). Run time {elapsed_s / 60:.1f} min.",
         "## Predicted peak (torch.cuda.max_memory_allocated) and step time, full 32 layers, bf16 base",
+        f"Text-to-image, {text_tokens} text tokens, the VAE encoding on the GPU (fp32), fp32 adapters and "
+        "AdamW; S = sequence length.",
         prediction_table(grid), terms_table(head), terms_table(head_peft),
         "## Card recommendations", "deft_omni DEFT qr, r = 32, one condition image at the output's side, "
-        "128 text tokens; usable = 92 % of the card - 0.5 GiB. Text-to-image needs less.", cards_table(recs),
+        "128 text tokens; usable = 90 % of the card - 0.75 GiB. Text-to-image needs less.", cards_table(recs),
         "## Public figures", public_section(public),
         "## Measured on CPU (bf16 base + autocast, fp32 adapters, training steps of 1-2 full-width blocks)",
         "Every block is measured as an interior one (its input requires grad). 'traced': the same step replayed "

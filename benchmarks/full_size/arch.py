@@ -183,8 +183,9 @@ def step_flops(cfg: dict[str, Any], batch: int, seq: int, rank: int, ckpt: bool,
     Frozen base: the backward computes input gradients only (one matmul per Linear, not two);
     ``trained='full'`` adds the weight gradients.  Attention: 2 matmuls forward (QK^T, PV),
     4 backward plus the recomputation of QK^T that flash/memory-efficient kernels do.  A
-    checkpointed step runs every block's forward twice.  Adapters: r-sized products, counted
-    as 3x their forward (small: ~1% at r = 64)."""
+    checkpointed step runs every block's forward again, up to the last product whose result the
+    backward needs (torch's checkpoint stops early: the final down_proj is not recomputed).
+    Adapters: r-sized products, counted as 3x their forward (small: ~1% at r = 64)."""
     n_layers = cfg["num_layers"] if layers is None else layers
     h = cfg["hidden_size"]
     tokens = batch * seq
@@ -193,8 +194,9 @@ def step_flops(cfg: dict[str, Any], batch: int, seq: int, rank: int, ckpt: bool,
     adapter = 3 * 2.0 * tokens * rank * (4 * h + 2 * h)  # ~ (in + out) of the fused qkv and out units
     fwd = lin + attn
     bwd = lin * (2 if trained == "full" else 1) + 2.5 * attn
-    per_layer = fwd * (2 if ckpt else 1) + bwd + adapter
-    return {"forward": n_layers * fwd, "backward": n_layers * bwd, "recompute": n_layers * fwd if ckpt else 0.0,
+    recompute = fwd - 2.0 * tokens * cfg["intermediate_size"] * h if ckpt else 0.0
+    per_layer = fwd + recompute + bwd + adapter
+    return {"forward": n_layers * fwd, "backward": n_layers * bwd, "recompute": n_layers * recompute,
             "adapter": n_layers * adapter, "total": n_layers * per_layer}
 
 

@@ -132,6 +132,33 @@ def crosscheck_table(co: Coefficients, traces: list[dict[str, Any]], rows: list[
     return "\n".join(lines)
 
 
+def cost_lines(rows: list[dict[str, Any]], traces: list[dict[str, Any]]) -> str:
+    """CPU seconds per block (k = 2 minus k = 1, same process, interleaved) and the FLOPs counted
+    in the 32-layer traces against the analytic count the GPU times use (which adds the QK^T
+    recomputation of a fused attention backward, which the counter does not see, and counts the
+    first block's input gradients, which training skips)."""
+    from .arch import OMNIGEN_V1, step_flops
+
+    lines = []
+    by = {(r["case"]["side"], r["case"]["inputs"], r["case"]["batch"], r["case"]["ckpt"], r["case"]["layers"],
+           r["case"]["impl"], r["case"]["method"], r["case"]["basis"], r["case"]["rank"]): r
+          for r in rows if r.get("step_s")}
+    for key, two in by.items():
+        one = by.get((*key[:4], 1, *key[5:]))
+        if key[4] == 2 and one is not None:
+            lines.append(f"- CPU time per block, {two['label']} r={key[8]} {key[0]}² S={two['seq']} "
+                         f"ckpt {'on' if key[3] else 'off'}: {two['step_s'] - one['step_s']:.1f} s "
+                         f"(k=1 step {one['step_s']:.1f} s, k=2 {two['step_s']:.1f} s)")
+    for t in traces:
+        c = t["case"]
+        if "flops" in t:
+            analytic = step_flops(OMNIGEN_V1, c["batch"], t["seq"], c["rank"], c["ckpt"])["total"]
+            lines.append(f"- FLOPs, {t['label']} {c['side']}² b{c['batch']} {'ckpt' if c['ckpt'] else 'no ckpt'} "
+                         f"S={t['seq']}: counted {t['flops'] / 1e12:.1f} T, model {analytic / 1e12:.1f} T "
+                         f"({t['flops'] / analytic:.3f})")
+    return "\n".join(lines)
+
+
 def build_report(result: dict[str, Any], co: Coefficients, mode: str, elapsed_s: float) -> tuple[str, dict]:
     rows, traces = result["rows"], result["traces"]
     text_tokens = rows[0]["text_tokens"] if rows else 63
@@ -159,7 +186,7 @@ def build_report(result: dict[str, Any], co: Coefficients, mode: str, elapsed_s:
         "Every block is measured as an interior one (its input requires grad). 'traced': the same step replayed "
         "on fake tensors (no time); where a case ran both ways the bytes must agree. Step peak: above the "
         "static bytes, after the (tiny) VAE's encode.", measured_table(rows),
-        "## Cross-checks", crosscheck_table(co, traces, rows),
+        "## Cross-checks", crosscheck_table(co, traces, rows), cost_lines(rows, traces),
     ])
     record = {"mode": mode, "elapsed_s": elapsed_s, "coefficients": co.to_dict(), "rows": rows, "traces": traces,
               "vae": result["vae"], "predictions": [p.to_dict() for p in grid], "headline": head.to_dict(),

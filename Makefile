@@ -3,7 +3,7 @@ PYTHON ?= python3
 # `make install` then keeps it (any torch >= 2.4 satisfies the package).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test bench bench-full
+.PHONY: install run test bench bench-full bench-size gpu-check
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_SPEC)"
@@ -21,6 +21,14 @@ bench: install
 
 bench-full: install
 	$(PYTHON) benchmarks/adapters.py --full --json benchmarks/results/full.json
+
+# Full-size OmniGen: GPU memory and step time predicted from CPU measurements (~25 min; --quick ~3).
+bench-size: install
+	nice -n 5 $(PYTHON) -m benchmarks.full_size
+
+# On a GPU machine: the full 32 layers at 1024 px, measured beside the prediction (~2-4 min).
+gpu-check: install
+	$(PYTHON) -m benchmarks.full_size.gpu_check
 
 # ------------------------------------------------------------------------------ prepare-*
 # Data converters (data_prep/): public data sets in their own layouts -> webdataset shards

@@ -206,7 +206,7 @@ def memory_child(case: Case) -> int:
     return _peak_rss() - before
 
 
-def memory_pool() -> ProcessPoolExecutor:
+def memory_pool(max_workers: int = 2, preload: Optional[list[str]] = None) -> ProcessPoolExecutor:
     """A fresh process per case, forked from a server that has imported torch and peft once
     (and run no parallel work), so a case costs its own steps, not the imports."""
     # glibc's default mmap threshold moves with the sizes freed so far, so whether a large
@@ -215,8 +215,8 @@ def memory_pool() -> ProcessPoolExecutor:
     # on free, so peak RSS follows the live tensors.  Children inherit the forkserver's env.
     os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "peft", "deft_omni.adapters"])
-    return ProcessPoolExecutor(max_workers=2, mp_context=ctx, max_tasks_per_child=1)
+    ctx.set_forkserver_preload(preload or ["torch", "peft", "deft_omni.adapters"])
+    return ProcessPoolExecutor(max_workers=max_workers, mp_context=ctx, max_tasks_per_child=1)
 
 
 # -- report --------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def build_tiny_vae(seed: int = 0) -> AutoencoderKL:
         return AutoencoderKL(**TINY_VAE_CONFIG).eval()
 
 
-def _write_model_index(path: Path, tokenizer_class: str) -> None:
+def write_model_index(path: Path, tokenizer_class: str) -> None:
     # diffusers' pipeline index, so the folder looks exactly like a hub snapshot of
     # Shitao/OmniGen-v1-diffusers (our loader does not need it).
     import diffusers
@@ -115,7 +115,7 @@ def save_tiny_omnigen(path: str | os.PathLike, seed: int = 0) -> Path:
     tokenizer = build_tiny_tokenizer()
     tokenizer.save_pretrained(path / "tokenizer")
     default_omnigen_scheduler().save_pretrained(path / "scheduler")
-    _write_model_index(path, type(tokenizer).__name__)
+    write_model_index(path, type(tokenizer).__name__)
     return path
 
 

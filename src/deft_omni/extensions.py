@@ -18,6 +18,11 @@ def build_extensions(cfg: DictConfig, train_paths: Sequence[str]) -> list[Traini
     camera = plain(cfg.get("camera"))
     if camera and camera.get("mode", "none") != "none":
         out.append(_camera(cfg, camera, train_paths))
+    world = plain(cfg.get("world"))
+    if world and world.get("judge"):
+        from .world.judge_extension import WorldJudgeExtension
+
+        out.append(WorldJudgeExtension(**{k: v for k, v in world.items() if k != "judge"}))
     return out
 
 

@@ -43,21 +43,39 @@ def _data_paths(cfg: DictConfig) -> tuple[list, Optional[str], Optional[dict]]:
     train = [(str(t["path"]), float(t.get("weight", 1.0))) for t in train_entries(data.train)]
     val = data.val
     syn = data.get("synthetic")
-    if syn and syn.get("kind") == "camera":
+    prior = plain(data.prior) if data.get("prior") else None
+    kind = syn.get("kind", "synthetic") if syn else None
+    cache = Path(cfg.paths.cache_dir)
+    if kind == "camera":
         from .camera.synthetic import make_camera_scene_shards
 
-        root = Path(cfg.paths.cache_dir) / f"synthetic-camera-{syn.n_train}-{syn.n_val}-{syn.size}-{syn.seed}"
+        root = cache / f"synthetic-camera-{syn.n_train}-{syn.n_val}-{syn.size}-{syn.seed}"
         made = make_camera_scene_shards(str(root), n_train=syn.n_train, n_val=syn.n_val, size=syn.size,
                                         seed=syn.seed, maxcount=syn.get("maxcount", 32))
-        train, val = train or [(made["train"], 1.0)], val or made["val"]
-    elif syn:
+    elif kind == "world":
+        from .world.shards import make_world_shards
+        from .world.spec import Geometry
+
+        opts = dict(n_train=int(syn.n_train), n_val=int(syn.n_val), seed=int(syn.seed), mix=plain(syn.mix),
+                    geometry=Geometry(**plain(syn.geometry)), maxcount=int(syn.get("maxcount", 1000)))
+        made = make_world_shards(str(cache / f"world-{syn.n_train}-{syn.n_val}-{syn.seed}"), **opts)
+    elif kind == "world_concept":
+        from .world.concept import concept_options, make_concept_shards
+
+        opts = concept_options(syn)
+        made = make_concept_shards(str(cache / "world-concept-{n_refs}-{n_prior}-{seed}".format(**opts)), **opts)
+        if float(syn.get("prior_weight", 0)) > 0 and prior is None:
+            prior = {"path": made["val"], "weight": float(syn.prior_weight), "loss_weight": 1.0}
+    elif kind == "synthetic":
         sizes = tuple(tuple(s) for s in syn.image_sizes)
-        root = Path(cfg.paths.cache_dir) / f"synthetic-{syn.n_train}-{syn.n_val}-{syn.seed}-" \
-                                         f"{syn.get('maxcount', 16)}-{'_'.join(f'{h}x{w}' for h, w in sizes)}"
+        root = cache / f"synthetic-{syn.n_train}-{syn.n_val}-{syn.seed}-" \
+                       f"{syn.get('maxcount', 16)}-{'_'.join(f'{h}x{w}' for h, w in sizes)}"
         made = make_synthetic_shards(str(root), n_train=syn.n_train, n_val=syn.n_val, image_sizes=sizes,
                                      seed=syn.seed, maxcount=syn.get("maxcount", 16))
+    elif kind is not None:
+        raise ConfigError(f"data.synthetic.kind={kind!r}; choose synthetic, camera, world or world_concept")
+    if kind is not None:
         train, val = train or [(made["train"], 1.0)], val or made["val"]
-    prior = plain(data.prior) if data.get("prior") else None
     return train, val, prior
 
 
@@ -218,6 +236,7 @@ def run_summary(trainer: pl.Trainer, module: Any, elapsed: float,
     curves = [cb for cb in trainer.callbacks if isinstance(cb, LossCurveCallback)]
     losses = [v for _, v in curves[0].train] if curves else []
     peak = metrics.get("perf/peak_mem_gb")
+    extensions = {ext.name: s for ext in getattr(module, "extensions", []) if (s := ext.summary()) is not None}
     return {
         "steps": int(trainer.global_step),
         "final_loss": metrics.get("train/loss", metrics.get("train/loss_step")),
@@ -228,6 +247,7 @@ def run_summary(trainer: pl.Trainer, module: Any, elapsed: float,
         "peak_memory_mb": None if peak is None else peak * 1024,
         "wall_s": elapsed,
         "data": data_counts if data_counts is not None else getattr(module, "data_counts", None),
+        **extensions,
     }
 
 

@@ -59,6 +59,10 @@ class TrainingExtension:
     def callbacks(self, out_dir: Path) -> list["Callback"]:
         return []
 
+    def summary(self) -> Optional[dict[str, Any]]:
+        """Plain data added to the run's ``summary.json`` under the extension's name (None: nothing)."""
+        return None
+
     def config_dict(self) -> dict[str, Any]:
         """Settings logged with the run's hyper-parameters."""
         return {}

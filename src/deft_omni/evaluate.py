@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from deft_omni.evaluation.aesthetic import AestheticHeadError
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how prediction and condition are put on one scale")
     opt.add_argument("--depth-invert", action="store_true", help="the depth conditions are far = bright")
     opt.add_argument("--no-progress", action="store_true", help="no progress bars")
+    opt.add_argument("--world", action="store_true",
+                     help="the world judge (shapes world images: adherence per attribute, shape IoU) instead of "
+                          "the metric models; each image's sidecar instruction says what it should show")
     opt.add_argument("--demo", action="store_true", help="tiny random models + a synthetic set in --out (smoke test)")
     return p
 
@@ -112,6 +116,8 @@ def _demo_configs(out: str, progress: bool) -> list[EvalConfig]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.world:
+        return _world(args)
     try:
         configs = _demo_configs(args.out, not args.no_progress) if args.demo else [config_from_args(args)]
         for cfg in configs:
@@ -121,6 +127,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (EvaluationInputError, MetricModelError, AestheticHeadError) as exn:
         print(f"error: {exn}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _world(args) -> int:
+    from deft_omni.world.folder_scores import WorldFolderError, score_folder
+
+    if not args.generated:
+        print("error: --world needs --generated FOLDER (python -m deft_omni.generate --out)", file=sys.stderr)
+        return 2
+    try:
+        result = score_folder(Path(args.generated), Path(args.out))
+    except WorldFolderError as exn:
+        print(f"error: {exn}", file=sys.stderr)
+        return 2
+    print(result["table"])
     return 0
 
 

@@ -11,6 +11,8 @@ from deft_omni.config_checks import ConfigError, check_config
 from deft_omni.data import make_synthetic_shards
 from deft_omni.train import CONFIG_DIR, _data_paths
 
+from fixtures.configs import tiny_default
+
 
 @pytest.fixture(scope="module")
 def shard_set(tmp_path_factory):
@@ -20,7 +22,7 @@ def shard_set(tmp_path_factory):
 
 def _compose(overrides=()):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides))
+        cfg = compose("train", overrides=tiny_default(overrides))
     with open_dict(cfg):
         cfg.paths.output_dir = "/tmp/unused"
     return cfg

@@ -12,12 +12,14 @@ from omegaconf import OmegaConf, open_dict
 from deft_omni.config_checks import ConfigError, check_config
 from deft_omni.train import CONFIG_DIR, train
 
+from fixtures.configs import tiny_default
+
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 
 
 def _compose(overrides=(), out_dir=None):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides))
+        cfg = compose("train", overrides=tiny_default(overrides))
     # outside a Hydra run, the output dir interpolation needs a concrete value
     with open_dict(cfg):
         cfg.paths.output_dir = str(out_dir or "/tmp/unused")

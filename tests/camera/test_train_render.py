@@ -16,10 +16,12 @@ from deft_omni.camera.render import CameraRenderer, main
 from deft_omni.camera.synthetic import scene_camera
 from deft_omni.train import CONFIG_DIR, train
 
+from fixtures.configs import tiny_default
+
 
 def _compose(overrides, out_dir):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides))
+        cfg = compose("train", overrides=tiny_default(overrides))
     with open_dict(cfg):
         cfg.paths.output_dir = str(out_dir)
     return cfg

@@ -13,7 +13,7 @@ import pytest
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["max_steps=6", "data.synthetic.n_train=48", "data.synthetic.n_val=8", "data.batch_size=2",
+TINY = ["experiment=tiny_synthetic", "max_steps=6", "data.synthetic.n_train=48", "data.synthetic.n_val=8", "data.batch_size=2",
         "trainer.val_check_interval=3", "callbacks.sample_every_n_steps=100", "callbacks.progress_refresh_rate=0"]
 
 

@@ -16,10 +16,12 @@ from deft_omni.train import CONFIG_DIR
 
 from .conftest import encode
 
+from fixtures.configs import tiny_default
+
 
 def _compose(overrides):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides))
+        cfg = compose("train", overrides=tiny_default(overrides))
     with open_dict(cfg):
         cfg.paths.output_dir = "/tmp/unused"
     return cfg

@@ -28,7 +28,7 @@ def tiny_run(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        overrides = ["max_steps=12", "adapter.rank=2", "data.synthetic.n_train=16", "data.synthetic.n_val=4",
+        overrides = ["experiment=tiny_synthetic", "max_steps=12", "adapter.rank=2", "data.synthetic.n_train=16", "data.synthetic.n_val=4",
                      "data.batch_size=2", "trainer.val_check_interval=6", "callbacks.sample_every_n_steps=6",
                      "callbacks.adapter_every_n_steps=12", "callbacks.resume_every_n_steps=12",
                      "trainer.log_every_n_steps=2"]

@@ -3,15 +3,28 @@ PYTHON ?= python3
 # `make install` then keeps it (any torch >= 2.4 satisfies the package).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test bench bench-full bench-size gpu-check
+.PHONY: install run test bench bench-full bench-size gpu-check world-base study study-quick study-lr
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_SPEC)"
 	$(PYTHON) -m pip install -q -e ".[dev]"
 
-# The main job: the embedded demo (tiny OmniGen, DEFT, synthetic data, CPU, ~1 min).
+# The main job: the embedded demo (the committed world base learns `sks` with DEFT, ~2-3 min on CPU).
 run: install
 	$(PYTHON) -m deft_omni.train
+
+# The shapes world: rebuild the committed base (VAE + transformer from scratch, judged), ~45 min on 2 cores.
+world-base: install
+	$(PYTHON) -m deft_omni.world.build
+
+# The retention study (DEFT qr / relu, LoRA, PaRa; r = 8; 3 seeds) and its report; --quick: 1 seed, shorter.
+STUDY ?= runs/study
+study: install
+	$(PYTHON) -m deft_omni.study --out $(STUDY) && $(PYTHON) -m deft_omni.report $(STUDY)
+study-quick: install
+	$(PYTHON) -m deft_omni.study --out $(STUDY)-quick --quick && $(PYTHON) -m deft_omni.report $(STUDY)-quick
+study-lr: install
+	$(PYTHON) -m deft_omni.study --out runs/lr_search --lr-search
 
 test: install
 	$(PYTHON) -m pytest -q tests

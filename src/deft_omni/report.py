@@ -35,6 +35,10 @@ def report(folder: Path, out: Optional[Path] = None, smoothing: float = 0.9) -> 
     folder = folder.expanduser()
     kind = detect(folder)
     out = (out or folder / "report").expanduser()
+    if kind == "study":
+        from .reporting.study_page import study_report
+
+        return study_report(folder, out)
     return run_report(folder, out, smoothing) if kind == "run" else sweep_report(folder, out)
 
 

@@ -28,9 +28,11 @@ def job_dirs(folder: Path) -> list[Path]:
 
 
 def detect(folder: Path) -> str:
-    """'run' or 'sweep'; anything else raises ReportError saying what was looked for."""
+    """'run', 'sweep' or 'study' (python -m deft_omni.study); anything else raises ReportError saying what was looked for."""
     if not folder.is_dir():
         raise ReportError(f"{folder} is not a folder; pass a training run folder or a multirun sweep folder.")
+    if (folder / "study.json").is_file():
+        return "study"
     if (folder / "multirun.yaml").is_file() or job_dirs(folder):
         return "sweep"
     if any((folder / m).exists() for m in RUN_MARKERS):

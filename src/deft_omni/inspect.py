@@ -40,7 +40,7 @@ ADAPTER_NAME = "inspected"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m deft_omni.inspect", description=__doc__.split("\n\n")[0])
     p.add_argument("adapter_dir", type=Path, help="an adapter folder (save_adapter / <run>/adapters/final)")
-    p.add_argument("--base", default=None, help="the base OmniGen folder, or 'tiny' (default: the run's model.path)")
+    p.add_argument("--base", default=None, help="the base OmniGen folder, or a named model: tiny, world (default: the run's model.path)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <adapter-dir>/inspect)")
     p.add_argument("--dtype", default="float32", help="base weights' dtype in memory; bfloat16 halves the "
                                                       "full model's 15 GB (the algebra runs in fp32)")

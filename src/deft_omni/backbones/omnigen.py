@@ -115,6 +115,18 @@ class OmniGenBackbone(Backbone):
         return side * patch * 2 ** (len(vae["block_out_channels"]) - 1)
 
     @classmethod
+    def generation_defaults(cls, path: str) -> dict[str, Any]:
+        """OmniGen's (1024 px capped to the model, 50 steps, guidance 2.5), or the sampler a
+        model trained here stored beside its weights (``world.json``: the world base's 96 px, 16
+        steps)."""
+        defaults = super().generation_defaults(path)
+        info = Path(path) / "world.json"
+        if info.is_file():
+            sampler = json.loads(info.read_text()).get("sampler", {})
+            defaults.update({k: sampler[k] for k in ("height", "width", "guidance_scale", "steps") if k in sampler})
+        return defaults
+
+    @classmethod
     def meta_denoiser(cls, path: str) -> Optional[nn.Module]:
         from diffusers import OmniGenTransformer2DModel
 

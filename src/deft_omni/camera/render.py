@@ -215,7 +215,7 @@ def _size(text: str) -> tuple[int, int]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m deft_omni.camera.render", description=__doc__.splitlines()[0])
     p.add_argument("adapter", help="adapter folder written by training (with camera.json)")
-    p.add_argument("--base", default=None, help="OmniGen folder or 'tiny' (default: the adapter's training base)")
+    p.add_argument("--base", default=None, help="OmniGen folder or a named model: tiny, world (default: the adapter's training base)")
     p.add_argument("--colmap", default=None, help="COLMAP model folder (cameras/images .bin or .txt)")
     p.add_argument("--image", default=None, help="render the camera of this image (name or id) of --colmap")
     p.add_argument("--camera", action="append", default=[],

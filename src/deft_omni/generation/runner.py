@@ -150,7 +150,7 @@ def run_generation(settings: GenerationSettings, jobs: Optional[list[Job]] = Non
     model_path = Path(settings.model_path or settings.model).expanduser()
     if not model_path.is_dir():
         raise GenerationError(f"--model {settings.model}: no such folder; give an OmniGen folder (diffusers or "
-                              f"original layout) or 'tiny' for the test model")
+                              f"original layout) or a named model (tiny, world)")
     identity = {"name": settings.model, "named": settings.model_path is not None, **model_identity(model_path)}
     if settings.expected_model and identity["quick_sha256"] != settings.expected_model.get("quick_sha256"):
         recorded = settings.expected_model

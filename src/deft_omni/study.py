@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -96,6 +97,25 @@ def summarise(jobs: dict[str, dict]) -> dict[str, Any]:
     return {"table": table, "curves": curves}
 
 
+def finished_jobs(out: Path, steps: int) -> dict[str, dict]:
+    """Every job folder of ``out`` whose judgement reached ``steps``, also those another process of
+    the same study ran (``--methods`` split across processes share one folder)."""
+    jobs = {}
+    for folder in sorted(p for p in out.iterdir() if p.is_dir()) if out.is_dir() else []:
+        m = re.fullmatch(r"(?P<method>\w+?)_r(?P<rank>\d+)_s(?P<seed>\d+)", folder.name)
+        saved = folder / "world_judge.json"
+        if m is None or m["method"] not in METHODS or not saved.is_file():
+            continue
+        judge = json.loads(saved.read_text())
+        if not judge.get("after") or judge["after"]["step"] != steps:
+            continue
+        cfg = (folder / "config.yaml").read_text() if (folder / "config.yaml").is_file() else ""
+        lr = re.search(r"^  lr: (\S+)$", cfg, re.M)
+        jobs[folder.name] = {"method": m["method"], "rank": int(m["rank"]), "seed": int(m["seed"]),
+                             "lr": float(lr.group(1)) if lr else float("nan"), "judge": judge}
+    return jobs
+
+
 def learning_rates(path: Path = LR_FILE) -> dict[str, float]:
     return json.loads(path.read_text())["lr"] if path.is_file() else {}
 
@@ -113,6 +133,7 @@ def run_study(out: Path, methods: list[str], ranks: list[int], seeds: list[int],
                 print(f"[study] {name}: lr {lr:g}, {steps} steps, judged every {every}", flush=True)
                 judge = run_job(out / name, method, rank, seed, lr, steps, every, judge_n)
                 jobs[name] = {"method": method, "rank": rank, "seed": seed, "lr": lr, "judge": judge}
+                jobs = {**finished_jobs(out, steps), **jobs}
                 write_json(out / STUDY_FILE, {"settings": {"steps": steps, "every": every, "judge_n": judge_n},
                                               "jobs": jobs, **summarise(jobs),
                                               "seconds": round(time.perf_counter() - start, 1)})

@@ -31,8 +31,8 @@ SOURCE = "deft_omni.world.concept"
 #: the judge for concept images: the star is one more candidate shape
 CONCEPT_JUDGE = JudgeConfig(shapes=SHAPES + (CONCEPT_SHAPE,))
 #: the references: colours, cells and backgrounds the judged prompts then vary
-REFERENCE_COLOURS = ("red", "green", "yellow")
-REFERENCE_BACKGROUNDS = ("white", "gray")
+REFERENCE_COLOURS = ("red", "blue", "yellow", "green", "purple")  # cyan only in judged prompts
+REFERENCE_BACKGROUNDS = ("white", "gray", "black")  # brown only in judged prompts
 REFERENCE_CELLS = (4, 0, 8, 1, 6, 5, 2, 7, 3)
 
 
@@ -87,7 +87,7 @@ def make_concept_shards(out_dir: str, n_refs: int = 5, n_prior: int = 200, seed:
     """``out_dir/train``: the ``n_refs`` references; ``out_dir/val``: world samples (the class
     priors, and the validation loss on the base's own world)."""
     options = {"n_refs": int(n_refs), "n_prior": int(n_prior), "seed": int(seed), "geometry": asdict(geometry),
-               "concept": CONCEPT_SHAPE, "word": CONCEPT_WORD, "version": 1}
+               "concept": CONCEPT_SHAPE, "word": CONCEPT_WORD, "version": 2}
 
     def make(index: int, split: str) -> dict[str, Any]:
         if split == "train":

@@ -224,7 +224,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     summary = run_summary(trainer, module, elapsed)
     if trainer.is_global_zero:
         write_json(out_dir / "summary.json", summary)
-        log.info("run summary: %s", summary)
+        brief = {k: v for k, v in summary.items() if k not in {e.name for e in extensions}}
+        log.info("run summary: %s", brief)  # extension blocks are in summary.json (and log their own lines)
     return summary
 
 

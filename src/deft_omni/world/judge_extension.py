@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info
 import numpy as np
 from PIL import Image
 
@@ -116,6 +117,10 @@ class WorldJudgeCallback(pl.Callback):
         self.ext.results["after"] = after
         self.ext.results["history"] = [h for h in self.ext.results["history"] if h["step"] != after["step"]] + [after]
         self._save()
+        before = self.ext.results["before"] or {}
+        rank_zero_info("world judge (before -> after): " + ", ".join(
+            f"{k} {100 * before.get(k, float('nan')):.1f} -> {100 * after[k]:.1f} %"
+            for k in ("acquisition", "fidelity", "editability", "retention")))
         rows = [np.concatenate(imgs, axis=1) for imgs in self.ext._images.values() if imgs]
         if rows:
             with atomic_path(self.out_dir / GRID) as tmp:

@@ -46,7 +46,7 @@ def study_report(folder: Path, out: Path) -> Path:
     s = study["settings"]
     lines = [f"# Retention study `{folder.name}`", "",
              f"{len(study['jobs'])} jobs, {s['steps']} steps each, judged every {s['every']} steps on "
-             f"{s['judge_n']} prompts per set; {study.get('seconds', 0) / 60:.0f} min.", "",
+             f"{s['judge_n']} prompts per set.", "",
              "| method | seeds | lr | " + " | ".join(METRICS) + " | retention at step 0 |",
              "|---|---|---|" + "---|" * len(METRICS) + "---|"]
     for name, row in study["table"].items():

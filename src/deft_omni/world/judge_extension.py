@@ -94,7 +94,9 @@ class WorldJudgeCallback(pl.Callback):
         if not trainer.is_global_zero:
             return
         saved = self.out_dir / RESULTS
-        if trainer.global_step > 0 and saved.is_file():  # a resumed run keeps its "before"
+        # On resume the weights are restored before this hook but global_step only later: ask
+        # whether a checkpoint is being resumed, or "before" would judge the resumed weights.
+        if (trainer.ckpt_path or trainer.global_step > 0) and saved.is_file():  # keep the run's "before"
             self.ext.results = json.loads(saved.read_text())
             return
         self.ext.results["before"] = self.ext.judge(int(trainer.global_step))

@@ -78,3 +78,30 @@ def test_the_concept_beats_random_adapters_of_the_same_norm(concept_run, one_thr
                 merged[n].copy_(base[n] + a * (d.norm() / a.norm()))
         randoms.append(_fidelity(backbone.denoiser, backbone, processor))
     assert trained > max(randoms) + MARGIN, (trained, randoms)
+
+
+def test_a_resumed_run_keeps_its_before(tmp_path):
+    """Lightning restores the weights before on_fit_start but global_step only after it: the judge
+    must not score the resumed weights as the run's "before"."""
+
+    def run(steps, ckpt=None):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=[
+                f"max_steps={steps}", "world.n=2", "world.sample_steps=2", "callbacks.sample_every_n_steps=100",
+                "trainer.val_check_interval=100", "callbacks.resume_every_n_steps=3",
+                "callbacks.progress_refresh_rate=0", "optim.lr=1e-1", "data.batch_size=2"])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+            cfg.paths.cache_dir = str(tmp_path / "cache")
+            cfg.ckpt_path = ckpt
+        return train(cfg)["world_judge"]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first = run(3)
+        resumed = run(6, "last")
+    finally:
+        torch.set_num_threads(before)
+    assert resumed["before"] == first["before"] and resumed["before"]["step"] == 0
+    assert [h["step"] for h in resumed["history"]][-1] == 6

@@ -12,6 +12,8 @@ from peft import DeftConfig, LoraConfig, PeftModel, get_peft_model  # noqa: E402
 
 from deft_omni.adapters import AdapterConfig, inject_adapter, save_adapter  # noqa: E402
 
+from fixtures.peft_copy import copy_into_peft  # noqa: E402
+
 from .conftest import TwoLayer  # noqa: E402
 
 TARGETS = ["to_q", "to_k", "to_v", "o"]
@@ -37,17 +39,7 @@ def _peft_config(method, decomposition):
 
 
 def _copy_into_peft(ours, theirs, method):
-    for name in TARGETS:
-        branch = ours.get_submodule(name).owned["default"]
-        layer = theirs.base_model.model.get_submodule(name)
-        with torch.no_grad():
-            if method == "lora":
-                layer.lora_A["default"].weight.copy_(branch.lora_A)
-                layer.lora_B["default"].weight.copy_(branch.lora_B)
-            else:
-                layer.deft_P["default"].copy_(branch.P)
-                if branch.R is not None:
-                    layer.deft_R["default"].copy_(branch.R)
+    copy_into_peft(ours, theirs, method, TARGETS)
 
 
 @pytest.mark.parametrize("method,decomposition", VARIANTS)

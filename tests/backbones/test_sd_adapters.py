@@ -16,6 +16,7 @@ from peft import DeftConfig, LoraConfig, get_peft_model
 from deft_omni.adapters import AdapterConfig, inject_adapter
 from deft_omni.backbones.sd_family import SD15, SDXL, SDNetworks
 from deft_omni.backbones.sd_tiny import build_tiny_pipeline
+from fixtures.peft_copy import copy_into_peft
 
 PRESETS = Path(__file__).resolve().parents[2] / "configs" / "targets"
 SCRIPT_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # diffusers' train_dreambooth_lora(_sdxl).py
@@ -121,16 +122,7 @@ def test_peft_oracle_on_a_unet(family, method, decomposition):
                       para=method == "para"))
     theirs = get_peft_model(copy.deepcopy(base), cfg)
     names = [n for n, m in ours.named_modules() if hasattr(m, "owned") and "default" in m.owned]
-    for name in names:
-        branch, layer = ours.get_submodule(name).owned["default"], theirs.base_model.model.get_submodule(name)
-        with torch.no_grad():
-            if method == "lora":
-                layer.lora_A["default"].weight.copy_(branch.lora_A)
-                layer.lora_B["default"].weight.copy_(branch.lora_B)
-            else:
-                layer.deft_P["default"].copy_(branch.P)
-                if branch.R is not None:
-                    layer.deft_R["default"].copy_(branch.R)
+    copy_into_peft(ours, theirs, method, names)
     x = torch.randn(2, 4, 8, 8, generator=gen)
     text = torch.randn(2, 7, base.config.cross_attention_dim, generator=gen)
     added = ({"text_embeds": torch.randn(2, 32, generator=gen), "time_ids": torch.tensor([[32., 32, 0, 0, 32, 32]] * 2)}

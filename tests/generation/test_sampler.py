@@ -106,3 +106,19 @@ def test_batch_rejects_mixed_sizes(parts):
     with pytest.raises(ValueError, match="one output size"):
         generate_latents_batch(parts.transformer, parts.vae, processor,
                                [SamplePrompt("a", height=32, width=32), SamplePrompt("b", height=32, width=48)], 1)
+
+
+def test_grid_captions_wrap_to_the_row_instead_of_being_cut():
+    from PIL import Image
+
+    from deft_omni.generation.sampler import _wrap, make_grid
+
+    caption = "a small purple sks at the bottom right on a black background"
+    lines = _wrap(caption, 16, 3)
+    assert len(lines) == 3 and all(len(line) <= 16 for line in lines) and lines[-1].endswith("...")
+    assert " ".join(_wrap(caption, 16, 5)) == caption  # nothing lost when it fits
+    tile = Image.new("RGB", (96, 96), (255, 0, 0))
+    one_line = make_grid([[tile]], ["short"])
+    wrapped = make_grid([[tile]], [caption])
+    assert wrapped.height == one_line.height + 2 * 12  # two more caption lines above the image
+    assert wrapped.getpixel((50, wrapped.height - 4 - 48)) == (255, 0, 0)  # the image sits below them

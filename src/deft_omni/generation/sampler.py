@@ -25,6 +25,7 @@ the same whatever the batch size (up to float rounding of the batched matmuls).
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,25 +235,35 @@ def tensor_to_pil(img: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr.permute(1, 2, 0).numpy(), "RGB")
 
 
+def _wrap(text: str, width: int, max_lines: int) -> list[str]:
+    """``text`` on at most ``max_lines`` lines of ``width`` characters, the last cut with '...'."""
+    lines = textwrap.wrap(text, width, break_long_words=True) or [""]
+    if len(lines) > max_lines:
+        last = " ".join(lines[max_lines - 1:])
+        lines = lines[:max_lines - 1] + [last[: max(1, width - 3)] + "..."]
+    return lines
+
+
 def make_grid(rows: Sequence[Sequence[Image.Image]], captions: Optional[Sequence[str]] = None,
-              cell: int = 96, pad: int = 4, caption_height: int = 12) -> Image.Image:
-    """Rows of images (each resized to fit a ``cell`` square) with optional one-line captions."""
+              cell: int = 96, pad: int = 4, caption_height: int = 12, caption_lines: int = 3) -> Image.Image:
+    """Rows of images (each resized to fit a ``cell`` square), each row under its caption, wrapped
+    to the row's width on up to ``caption_lines`` lines (a 96 px world sample's prompt needs 2-3)."""
     n_cols = max((len(r) for r in rows), default=1)
-    row_h = cell + (caption_height if captions else 0) + pad
-    grid = Image.new("RGB", (pad + n_cols * (cell + pad), pad + len(rows) * row_h), (255, 255, 255))
+    max_chars = max(4, (n_cols * (cell + pad) - pad) // 6)  # the default bitmap font: 6 px a character
+    wrapped = [_wrap(text, max_chars, caption_lines) for text in captions] if captions else [[] for _ in rows]
+    heights = [cell + len(lines) * caption_height + pad for lines in wrapped]
+    grid = Image.new("RGB", (pad + n_cols * (cell + pad), pad + sum(heights)), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default()
-    for r, row in enumerate(rows):
-        top = pad + r * row_h
-        if captions:
-            text = captions[r]
-            max_chars = max(4, (n_cols * (cell + pad)) // 6)
-            text = text if len(text) <= max_chars else text[: max_chars - 3] + "..."
-            draw.text((pad, top), text, fill=(0, 0, 0), font=font)
-            top += caption_height
+    top = pad
+    for row, lines, height in zip(rows, wrapped, heights):
+        for k, line in enumerate(lines):
+            draw.text((pad, top + k * caption_height), line, fill=(0, 0, 0), font=font)
+        img_top = top + len(lines) * caption_height
         for c, img in enumerate(row):
             scale = cell / max(img.width, img.height)
             size = (max(1, math.floor(img.width * scale)), max(1, math.floor(img.height * scale)))
             resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BICUBIC
-            grid.paste(img.resize(size, resample), (pad + c * (cell + pad), top))
+            grid.paste(img.resize(size, resample), (pad + c * (cell + pad), img_top))
+        top += height
     return grid

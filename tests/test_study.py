@@ -43,3 +43,25 @@ def test_jobs_are_found_averaged_and_reported(tmp_path):
     page = report(tmp_path).read_text()
     assert "| deft_qr r8 | 2 | 0.01 | 50.0 ± 14.1 |" in page
     assert (tmp_path / "report" / "acquisition_vs_retention.png").is_file()
+
+
+def test_shards_split_the_jobs_between_processes_and_the_summary_holds_them_all(tmp_path, monkeypatch):
+    import deft_omni.study as study
+
+    ran: list[tuple[int, str]] = []
+
+    def fake_job(out, method, rank, seed, lr, steps, every, judge_n, extra=()):
+        _job(out.parent, out.name, [0.1 * seed, 0.2], steps=steps, lr=lr)
+        ran.append((seed, method))
+        return json.loads((out / "world_judge.json").read_text())
+
+    monkeypatch.setattr(study, "run_job", fake_job)
+    args = (["deft_qr", "lora", "para"], [8], [0, 1], 100, 2, 4, {"lora": 0.01})
+    study.run_study(tmp_path, *args, shard=study.parse_shard("0/2"))
+    first = list(ran)
+    result = study.run_study(tmp_path, *args, shard=study.parse_shard("1/2"))
+    assert len(first) == 3 and len(ran) == 6 and len(set(ran)) == 6  # disjoint halves, every job once
+    assert sorted(result["jobs"]) == sorted(f"{m}_r8_s{s}" for s in (0, 1) for m in ("deft_qr", "lora", "para"))
+    assert result["table"]["lora r8"]["seeds"] == 2
+    with pytest.raises(Exception, match="k/n"):
+        study.parse_shard("2/2")

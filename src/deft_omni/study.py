@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -120,24 +123,53 @@ def learning_rates(path: Path = LR_FILE) -> dict[str, float]:
     return json.loads(path.read_text())["lr"] if path.is_file() else {}
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"k/n"`` -> (k, n): this process runs jobs k, k + n, k + 2n, ... of the study's list."""
+    m = re.fullmatch(r"(\d+)/(\d+)", text)
+    if m is None or not 0 <= int(m[1]) < int(m[2]):
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: write k/n with 0 <= k < n, e.g. 0/2")
+    return int(m[1]), int(m[2])
+
+
 def run_study(out: Path, methods: list[str], ranks: list[int], seeds: list[int], steps: int, checkpoints: int,
-              judge_n: int, lrs: dict[str, float]) -> dict[str, Any]:
+              judge_n: int, lrs: dict[str, float], shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     every = max(1, steps // checkpoints)
     jobs: dict[str, dict] = {}
     start = time.perf_counter()
-    for seed in seeds:
-        for method in methods:
-            for rank in ranks:
-                name = job_name(method, rank, seed)
-                lr = float(lrs.get(method, 3e-3))
-                print(f"[study] {name}: lr {lr:g}, {steps} steps, judged every {every}", flush=True)
-                judge = run_job(out / name, method, rank, seed, lr, steps, every, judge_n)
-                jobs[name] = {"method": method, "rank": rank, "seed": seed, "lr": lr, "judge": judge}
-                jobs = {**finished_jobs(out, steps), **jobs}
-                write_json(out / STUDY_FILE, {"settings": {"steps": steps, "every": every, "judge_n": judge_n},
-                                              "jobs": jobs, **summarise(jobs),
-                                              "seconds": round(time.perf_counter() - start, 1)})
-    return json.loads((out / STUDY_FILE).read_text())
+    todo = [(seed, method, rank) for seed in seeds for method in methods for rank in ranks]
+    for seed, method, rank in todo[shard[0]::shard[1]]:
+        name = job_name(method, rank, seed)
+        lr = float(lrs.get(method, 3e-3))
+        print(f"[study] {name}: lr {lr:g}, {steps} steps, judged every {every}", flush=True)
+        judge = run_job(out / name, method, rank, seed, lr, steps, every, judge_n)
+        jobs[name] = {"method": method, "rank": rank, "seed": seed, "lr": lr, "judge": judge}
+        write_summary(out, {**finished_jobs(out, steps), **jobs}, steps, every, judge_n, start)
+    return write_summary(out, finished_jobs(out, steps), steps, every, judge_n, start)
+
+
+def write_summary(out: Path, jobs: dict[str, dict], steps: int, every: int, judge_n: int, start: float) -> dict:
+    record = {"settings": {"steps": steps, "every": every, "judge_n": judge_n}, "jobs": jobs, **summarise(jobs),
+              "seconds": round(time.perf_counter() - start, 1)}
+    write_json(out / STUDY_FILE, record)
+    return record
+
+
+def default_workers() -> int:
+    """Two processes of one thread each on a 2-core machine: the demo's model is too small for
+    two threads to halve a step (measured: ~80 min one process, ~55 min two)."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def run_workers(argv: list[str], workers: int) -> None:
+    """Run the study as ``workers`` processes (``--shard k/workers``), each with its share of threads;
+    raise if one fails (its finished jobs are kept: rerunning resumes)."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    procs = [subprocess.Popen([sys.executable, "-m", "deft_omni.study", *argv, "--workers", "1", "--shard",
+                               f"{k}/{workers}"], env=env) for k in range(workers)]
+    failed = [k for k, proc in enumerate(procs) if proc.wait() != 0]
+    if failed:
+        raise SystemExit(f"study: worker(s) {failed} failed (see their output above); rerun the same command to resume")
 
 
 def lr_search(out: Path, methods: list[str], rank: int, steps: int, judge_n: int,
@@ -172,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="one learning rate for every method (default: the search's)")
     p.add_argument("--lr-search", action="store_true", help="run the learning-rate search instead (seed 0)")
     p.add_argument("--lr-file", type=Path, default=LR_FILE)
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="processes sharing the jobs (default: 2 on a machine with 2+ cores, else 1)")
+    p.add_argument("--shard", type=parse_shard, default=(0, 1), help=argparse.SUPPRESS)
     return p
 
 
@@ -184,8 +219,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
     seeds = list(range(1 if args.quick else args.seeds))
     steps = args.steps // 2 if args.quick else args.steps
     lrs = {m: args.lr for m in METHODS} if args.lr is not None else learning_rates(args.lr_file)
-    result = run_study(args.out, args.methods, [8, 4] if args.full else [8], seeds, steps, args.checkpoints,
-                       args.judge_n, lrs)
+    ranks = [8, 4] if args.full else [8]
+    if args.workers > 1 and args.shard == (0, 1):
+        start = time.perf_counter()
+        run_workers(list(argv if argv is not None else sys.argv[1:]), args.workers)
+        result = write_summary(args.out, finished_jobs(args.out, steps), steps, max(1, steps // args.checkpoints),
+                               args.judge_n, start)
+    else:
+        result = run_study(args.out, args.methods, ranks, seeds, steps, args.checkpoints, args.judge_n, lrs,
+                           args.shard)
     for name, row in result["table"].items():
         print(name, {k: f"{100 * v[0]:.1f} ± {100 * v[1]:.1f}" for k, v in row.items() if k in METRICS}, flush=True)
     return result

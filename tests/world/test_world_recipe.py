@@ -1,7 +1,8 @@
-"""The world base's recipe does not rot: the build's own stages, shortened to under a minute (the
-committed VAE, 2,000 tasks, a 2-layer width-64 transformer, 500 steps of 16), still teach
-background and colour far above chance.  Measured: background 97.5 % (chance 25), colour 40 %
-(chance 16.8); colour needs the full recipe's thousands of steps to pass 90 %."""
+"""The world base's recipe does not rot: the build's own stages, shortened to about 80 s on one
+thread (the committed VAE, 1,500 single-object text-to-image tasks, a 2-layer width-64
+transformer, 1,000 steps of 16), still teach background and colour far above chance.  Measured:
+background 100 % (chance 25), colour 75 % (chance 16.8).  With the full task mix and 500 steps
+colour stayed at 40-45 %: the edits and two-object scenes share the steps."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from deft_omni.world.build import init_stage, train_stage
 from deft_omni.world.chance import chance
 from deft_omni.world.judged import SamplerSettings, judge_sets
 
-SHORT = dict(n_train=2000, steps=500, batch_size=16, warmup_steps=20, lr=1e-2, hidden_size=64, num_layers=2,
-             intermediate_size=256)
+SHORT = dict(n_train=1500, steps=1000, batch_size=16, warmup_steps=20, lr=1e-2, hidden_size=64, num_layers=2,
+             intermediate_size=256, mix={"text_one": 1.0})
 
 
 def test_a_shortened_recipe_still_learns_colour_and_background(tmp_path, one_thread):
@@ -31,7 +32,7 @@ def test_a_shortened_recipe_still_learns_colour_and_background(tmp_path, one_thr
     rows, _ = judge_sets(backbone.denoiser, backbone.vae, processor, SamplerSettings(steps=8), 40,
                          sets=[("text_one", "seen")])
     got, base = rows["text_one/seen"].per_attribute, chance("text_one", "seen")
-    assert got["colour"] >= base["colour"] + 0.15, got
+    assert got["colour"] >= base["colour"] + 0.30, got
     assert got["background"] >= base["background"] + 0.30, got
 
 

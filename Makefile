@@ -13,7 +13,7 @@ install:
 run: install
 	$(PYTHON) -m deft_omni.train
 
-# The shapes world: rebuild the committed base (VAE + transformer from scratch, judged), ~45 min on 2 cores.
+# The shapes world: rebuild the committed base (VAE + transformer from scratch, judged), ~55 min on 2 cores.
 world-base: install
 	$(PYTHON) -m deft_omni.world.build
 

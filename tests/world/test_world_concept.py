@@ -105,3 +105,12 @@ def test_a_resumed_run_keeps_its_before(tmp_path):
         torch.set_num_threads(before)
     assert resumed["before"] == first["before"] and resumed["before"]["step"] == 0
     assert [h["step"] for h in resumed["history"]][-1] == 6
+
+
+def test_the_vae_ceiling_of_the_concept_is_read_with_the_star_among_the_shapes(one_thread):
+    from deft_omni.world.concept import concept_roundtrip_scores
+
+    vae = load_backbone("world").vae
+    row = concept_roundtrip_scores(vae, n=30)["concept/roundtrip"]
+    # Measured on 200: the star read 63 %, colour 100 %; a judge without the star reads 0 %.
+    assert row.n == 30 and 0.4 <= row.per_attribute["shape"] and row.per_attribute["colour"] >= 0.9

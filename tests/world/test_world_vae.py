@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from diffusers import AutoencoderKL
 
@@ -30,6 +31,26 @@ def test_batches_are_deterministic():
     geometry = SMALL["geometry"]
     a, b = render_batch(1, 7, 4, geometry), render_batch(1, 7, 4, geometry)
     assert a.shape == (4, 3, 48, 48) and torch.equal(a, b) and not torch.equal(a, render_batch(1, 8, 4, geometry))
+
+
+def test_extra_shapes_reach_the_vae_renders_at_their_share_and_only_when_asked(monkeypatch):
+    import deft_omni.world.vae as vae_mod
+
+    drawn: list[str] = []
+    real = vae_mod.render_objects
+    monkeypatch.setattr(vae_mod, "render_objects", lambda objs, bg, g: drawn.extend(o.shape for o in objs) or real(objs, bg, g))
+    geometry = SMALL["geometry"]
+    for step in range(40):
+        render_batch(0, step, 4, geometry)
+    assert drawn and "star" not in drawn
+    drawn.clear()
+    for step in range(40):
+        render_batch(0, step, 4, geometry, extra_shapes=("star",), extra_share=0.25)
+    share = drawn.count("star") / len(drawn)
+    assert 0.15 < share < 0.35, share
+    assert set(drawn) - {"star"} == {"circle", "square", "triangle", "diamond", "cross"}
+    with pytest.raises(ValueError, match="extra_shape_share"):
+        WorldVAEConfig(extra_shapes=(), extra_shape_share=0.2)
 
 
 def test_fit_calibrate_save_load(tmp_path, one_thread):

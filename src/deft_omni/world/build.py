@@ -134,11 +134,13 @@ def train_stage(cfg: WorldBaseConfig, init: Path, specs, latents, progress: bool
 
 
 def judge_stage(backbone, processor, cfg: WorldBaseConfig, n: int) -> dict:
+    from .concept import concept_roundtrip_scores
     from .judged import SamplerSettings, judge_sets, scores_dict
     from .vae import roundtrip_scores
 
     sampler = SamplerSettings(cfg.sample_steps, cfg.guidance_scale, cfg.img_guidance_scale, cfg.image_size)
     roundtrips = roundtrip_scores(backbone.vae, n=n)
+    roundtrips.update(concept_roundtrip_scores(backbone.vae, n=n))
     _log("VAE round trips (the ceiling):\n" + format_table(roundtrips))
     rows, _ = judge_sets(backbone.denoiser, backbone.vae, processor, sampler, n)
     _log(f"generations, {cfg.sample_steps} steps:\n" + format_table(rows))

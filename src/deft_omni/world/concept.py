@@ -101,3 +101,14 @@ def make_concept_shards(out_dir: str, n_refs: int = 5, n_prior: int = 200, seed:
 def concept_options(syn: Mapping[str, Any]) -> dict[str, int]:
     return {"n_refs": int(syn.get("n_refs", 5)), "n_prior": int(syn.get("n_prior", 200)),
             "seed": int(syn.get("seed", 0))}
+
+
+def concept_roundtrip_scores(vae, n: int = 200, seed: int = 123, geometry: Geometry = Geometry()) -> dict:
+    """The judge's scores (star among the candidate shapes) of VAE round trips of ``n`` concept
+    renders: the ceiling of the demo's acquisition.  Returns {"concept/roundtrip": WorldScores}."""
+    from .metrics import evaluate_pairs
+    from .vae import roundtrip, scenes_to_tensor, to_uint8_images
+
+    specs = concept_prompts(n, "concept", seed)
+    images = to_uint8_images(roundtrip(vae, scenes_to_tensor([s.target for s in specs], geometry)))
+    return {"concept/roundtrip": evaluate_pairs(zip(specs, images), geometry, CONCEPT_JUDGE)}

@@ -47,7 +47,7 @@ def _pixels(array: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def generate_for(specs: Sequence[TaskSpec], transformer, vae, processor, sampler: SamplerSettings,
-                 seed: int = 0, chunk: int = 50, instructions: Optional[Sequence[str]] = None) -> list[np.ndarray]:
+                 seed: int = 0, chunk: int = 25, instructions: Optional[Sequence[str]] = None) -> list[np.ndarray]:
     """uint8 images generated for ``specs`` (their instructions, or ``instructions``; their input
     scenes rendered as input images), prompt ``i`` at seed (seed, i): independent of chunking."""
     was_training = transformer.training

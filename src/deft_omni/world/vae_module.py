@@ -34,7 +34,8 @@ class RenderBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int) -> torch.Tensor:
         c = self.cfg
-        return render_batch(c.seed, self.offset + step, c.batch_size, c.geometry, c.max_objects)
+        return render_batch(c.seed, self.offset + step, c.batch_size, c.geometry, c.max_objects, c.extra_shapes,
+                            c.extra_shape_share)
 
 
 class WorldVAEModule(pl.LightningModule):

@@ -228,6 +228,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     else:
         result = run_study(args.out, args.methods, ranks, seeds, steps, args.checkpoints, args.judge_n, lrs,
                            args.shard)
+    if args.shard != (0, 1):
+        return result  # a worker: the parent prints the whole study's table
     for name, row in result["table"].items():
         print(name, {k: f"{100 * v[0]:.1f} ± {100 * v[1]:.1f}" for k, v in row.items() if k in METRICS}, flush=True)
     return result

@@ -65,3 +65,24 @@ def test_shards_split_the_jobs_between_processes_and_the_summary_holds_them_all(
     assert result["table"]["lora r8"]["seeds"] == 2
     with pytest.raises(Exception, match="k/n"):
         study.parse_shard("2/2")
+
+
+def test_the_lr_search_splits_across_workers_and_the_parent_picks_from_all_runs(tmp_path, monkeypatch):
+    import deft_omni.study as study
+
+    ran: list[str] = []
+    value = {"deft_qr": {0.001: 0.2, 0.01: 0.6}, "lora": {0.001: 0.5, 0.01: 0.1}}
+
+    def fake_job(out, method, rank, seed, lr, steps, every, judge_n, extra=()):
+        if not out.is_dir():
+            _job(out.parent, out.name, [0.0, value[method][lr]], steps=steps, lr=lr)
+            ran.append(out.name)
+        return json.loads((out / "world_judge.json").read_text())
+
+    monkeypatch.setattr(study, "run_job", fake_job)
+    args = (tmp_path, ["deft_qr", "lora"], 8, 100, 4, (0.001, 0.01))
+    assert study.lr_search(*args, shard=(0, 2)) == {} and not (tmp_path / "lr_search.json").exists()
+    assert study.lr_search(*args, shard=(1, 2)) == {} and len(ran) == 4 and len(set(ran)) == 4
+    record = study.lr_search(*args)  # the parent: every run is read back, none rerun
+    assert len(ran) == 4 and record["lr"] == {"deft_qr": 0.01, "lora": 0.001}
+    assert json.loads((tmp_path / "lr_search.json").read_text())["lr"] == record["lr"]

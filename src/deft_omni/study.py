@@ -173,16 +173,19 @@ def run_workers(argv: list[str], workers: int) -> None:
 
 
 def lr_search(out: Path, methods: list[str], rank: int, steps: int, judge_n: int,
-              grid: tuple[float, ...] = LR_GRID) -> dict[str, Any]:
+              grid: tuple[float, ...] = LR_GRID, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """Each method gets the same budget: ``len(grid)`` runs of ``steps`` at seed 0.  The pick
     maximises acquisition + retention (learning the concept without forgetting the world);
-    ties go to the smaller rate."""
-    results: dict[str, dict[str, dict]] = {}
-    for method in methods:
-        results[method] = {}
-        for lr in grid:
-            judge = run_job(out / job_name(method, rank, 0, lr), method, rank, 0, lr, steps, steps, judge_n)
-            results[method][f"{lr:g}"] = {k: judge["after"][k] for k in METRICS}
+    ties go to the smaller rate.  A worker (``shard`` other than (0, 1)) runs its share of the
+    runs and returns {}; the parent then reads every finished run back and writes the picks."""
+    todo = [(method, lr) for method in methods for lr in grid]
+    mine = todo[shard[0]::shard[1]]
+    results: dict[str, dict[str, dict]] = {m: {} for m in methods}
+    for method, lr in (mine if shard != (0, 1) else todo):
+        judge = run_job(out / job_name(method, rank, 0, lr), method, rank, 0, lr, steps, steps, judge_n)
+        results[method][f"{lr:g}"] = {k: judge["after"][k] for k in METRICS}
+    if shard != (0, 1):
+        return {}
     picks = {m: float(max(sorted(r, key=float), key=lambda lr: r[lr]["acquisition"] + r[lr]["retention"]))
              for m, r in results.items()}
     record = {"lr": picks, "search": results, "rank": rank, "steps": steps, "judge_n": judge_n,
@@ -212,15 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
+    parent = args.workers > 1 and args.shard == (0, 1)
     if args.lr_search:
-        record = lr_search(args.out, args.methods, 8, DEMO_STEPS, args.judge_n)
-        print(json.dumps(record["lr"]), flush=True)
+        if parent:  # the workers run the jobs; this process then reads them back and picks
+            run_workers(list(argv if argv is not None else sys.argv[1:]), args.workers)
+        record = lr_search(args.out, args.methods, 8, DEMO_STEPS, args.judge_n, shard=args.shard)
+        if record:
+            print(json.dumps(record["lr"]), flush=True)
         return record
     seeds = list(range(1 if args.quick else args.seeds))
     steps = args.steps // 2 if args.quick else args.steps
     lrs = {m: args.lr for m in METHODS} if args.lr is not None else learning_rates(args.lr_file)
     ranks = [8, 4] if args.full else [8]
-    if args.workers > 1 and args.shard == (0, 1):
+    if parent:
         start = time.perf_counter()
         run_workers(list(argv if argv is not None else sys.argv[1:]), args.workers)
         result = write_summary(args.out, finished_jobs(args.out, steps), steps, max(1, steps // args.checkpoints),

@@ -114,11 +114,13 @@ def test_grid_captions_wrap_to_the_row_instead_of_being_cut():
     from deft_omni.generation.sampler import _wrap, make_grid
 
     caption = "a small purple sks at the bottom right on a black background"
-    lines = _wrap(caption, 16, 3)
+    lines = _wrap(caption, 16, 3, len)  # measured in characters here
     assert len(lines) == 3 and all(len(line) <= 16 for line in lines) and lines[-1].endswith("...")
-    assert " ".join(_wrap(caption, 16, 5)) == caption  # nothing lost when it fits
+    assert " ".join(_wrap(caption, 16, 9, len)) == caption  # nothing lost when it fits
+    assert _wrap("abcdefghij", 4, 9, len) == ["abcd", "efgh", "ij"]  # a word longer than a line is cut
     tile = Image.new("RGB", (96, 96), (255, 0, 0))
     one_line = make_grid([[tile]], ["short"])
-    wrapped = make_grid([[tile]], [caption])
-    assert wrapped.height == one_line.height + 2 * 12  # two more caption lines above the image
+    wrapped = make_grid([[tile]], [caption + " " + caption])  # two lines or more at 200 px
+    assert wrapped.width == 204 and wrapped.height >= one_line.height + 12
     assert wrapped.getpixel((50, wrapped.height - 4 - 48)) == (255, 0, 0)  # the image sits below them
+    assert make_grid([[tile]]).width == 104  # no caption, no extra width

@@ -25,7 +25,6 @@ the same whatever the batch size (up to float rounding of the batched matmuls).
 from __future__ import annotations
 
 import math
-import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,26 +234,44 @@ def tensor_to_pil(img: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr.permute(1, 2, 0).numpy(), "RGB")
 
 
-def _wrap(text: str, width: int, max_lines: int) -> list[str]:
-    """``text`` on at most ``max_lines`` lines of ``width`` characters, the last cut with '...'."""
-    lines = textwrap.wrap(text, width, break_long_words=True) or [""]
+def _wrap(text: str, max_px: float, max_lines: int, measure: Callable[[str], float]) -> list[str]:
+    """``text`` greedily wrapped at words to lines ``measure``-d at most ``max_px`` wide (a word too
+    long for a line is cut), on at most ``max_lines`` lines, the last ending in '...' if cut short."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and measure(lines[-1] + " " + word) <= max_px:
+            lines[-1] += " " + word
+            continue
+        while measure(word) > max_px and len(word) > 1:  # a word wider than a line
+            k = max(1, max(i for i in range(1, len(word) + 1) if measure(word[:i]) <= max_px or i == 1))
+            lines.append(word[:k])
+            word = word[k:]
+        lines.append(word)
+    lines = lines or [""]
     if len(lines) > max_lines:
         last = " ".join(lines[max_lines - 1:])
-        lines = lines[:max_lines - 1] + [last[: max(1, width - 3)] + "..."]
+        while len(last) > 1 and measure(last + "...") > max_px:
+            last = last[:-1]
+        lines = lines[:max_lines - 1] + [last.rstrip() + "..."]
     return lines
 
 
 def make_grid(rows: Sequence[Sequence[Image.Image]], captions: Optional[Sequence[str]] = None,
-              cell: int = 96, pad: int = 4, caption_height: int = 12, caption_lines: int = 3) -> Image.Image:
+              cell: int = 96, pad: int = 4, caption_height: int = 12, caption_lines: int = 3,
+              min_caption_width: int = 200) -> Image.Image:
     """Rows of images (each resized to fit a ``cell`` square), each row under its caption, wrapped
-    to the row's width on up to ``caption_lines`` lines (a 96 px world sample's prompt needs 2-3)."""
+    on up to ``caption_lines`` lines at least ``min_caption_width`` px wide (a single 96 px world
+    sample's prompt is about 60-100 characters)."""
     n_cols = max((len(r) for r in rows), default=1)
-    max_chars = max(4, (n_cols * (cell + pad) - pad) // 6)  # the default bitmap font: 6 px a character
-    wrapped = [_wrap(text, max_chars, caption_lines) for text in captions] if captions else [[] for _ in rows]
-    heights = [cell + len(lines) * caption_height + pad for lines in wrapped]
-    grid = Image.new("RGB", (pad + n_cols * (cell + pad), pad + sum(heights)), (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
+    width = pad + n_cols * (cell + pad)
+    if captions:
+        width = max(width, pad + min_caption_width)
     font = ImageFont.load_default()
+    wrapped = ([_wrap(text, width - 2 * pad, caption_lines, font.getlength) for text in captions] if captions
+               else [[] for _ in rows])
+    heights = [cell + len(lines) * caption_height + pad for lines in wrapped]
+    grid = Image.new("RGB", (width, pad + sum(heights)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
     top = pad
     for row, lines, height in zip(rows, wrapped, heights):
         for k, line in enumerate(lines):
